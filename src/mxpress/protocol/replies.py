@@ -85,12 +85,17 @@ class ReplyParser:
     anything that is not `DDD[ -]text` is a `RemoteProtocolError`.
     """
 
-    __slots__ = ("_buffer", "_code", "_lines", "_max_line", "_max_lines")
+    __slots__ = ("_buffer", "_cache", "_code", "_lines", "_max_line", "_max_lines")
+
+    # Servers repeat the same single-line replies ("250 2.1.5 Ok") all session long;
+    # replies are immutable, so a small per-parser cache skips decoding and parsing them.
+    _CACHE_LIMIT = 64
 
     def __init__(
         self, *, max_line: int = DEFAULT_MAX_LINE, max_lines: int = DEFAULT_MAX_LINES
     ) -> None:
         self._buffer = b""
+        self._cache: dict[bytes, Reply] = {}
         self._code = 0
         self._lines: list[str] = []
         self._max_line = max_line
@@ -103,30 +108,40 @@ class ReplyParser:
 
     def feed(self, data: bytes) -> list[Reply]:
         """Add bytes from the server; return every reply they complete, in order."""
-        buffer = self._buffer + data if self._buffer else data
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        if not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if len(rest) > self._max_line:
+                raise RemoteProtocolError(
+                    f"reply line longer than the {self._max_line}-byte limit without a line end"
+                )
+            self._buffer = rest
+            if not cut:
+                return []
+            data = data[:cut]
+        lines = data.split(b"\n")
+        lines.pop()  # the empty piece after the final line end
         replies: list[Reply] = []
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            # The limit counts the line without its CRLF (or bare LF).
-            line = buffer[start : end - 1 if end > start and buffer[end - 1] == 0x0D else end]
-            start = end + 1
+        cache = self._cache
+        for line in lines:
+            if not self._lines:
+                cached = cache.get(line)
+                if cached is not None:
+                    replies.append(cached)
+                    continue
             if len(line) > self._max_line:
                 raise RemoteProtocolError(
                     f"reply line of {len(line)} bytes exceeds the {self._max_line}-byte limit"
                 )
-            reply = self._line(line)
+            single = not self._lines
+            reply = self._line(line[:-1] if line.endswith(b"\r") else line)
             if reply is not None:
+                if single and len(cache) < self._CACHE_LIMIT:
+                    cache[line] = reply
                 replies.append(reply)
-        rest = buffer[start:]
-        # One octet of slack: a trailing CR may be the first half of the line's CRLF.
-        if len(rest) > self._max_line and (len(rest) > self._max_line + 1 or rest[-1] != 0x0D):
-            raise RemoteProtocolError(
-                f"reply line longer than the {self._max_line}-byte limit without a line end"
-            )
-        self._buffer = rest
         return replies
 
     def _line(self, line: bytes) -> Reply | None:

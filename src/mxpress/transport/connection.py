@@ -8,9 +8,11 @@ less each reply costs.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import ssl
-from typing import Protocol
+from itertools import zip_longest
+from typing import Protocol, cast
 
 from mxpress.errors import (
     ConnectError,
@@ -62,8 +64,7 @@ class _Receiver(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer.append(data)
@@ -93,6 +94,11 @@ class _Receiver(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class Connection:
@@ -135,16 +141,20 @@ class Connection:
         if not receiver.buffer:
             if receiver.eof:
                 raise self._closed_error(phase)
-            receiver.waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = receiver.waiter = loop.create_future()
+            # A bare timer is cheaper than asyncio.timeout() on this per-reply path.
+            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
             try:
-                async with asyncio.timeout(timeout):
-                    await receiver.waiter
+                await waiter
             except TimeoutError:
                 raise TransportTimeout(
                     f"no reply within {timeout:g} s", host=self.peer, phase=phase
                 ) from None
             finally:
                 receiver.waiter = None
+                if timer is not None:
+                    timer.cancel()
             if not receiver.buffer:
                 raise self._closed_error(phase)
         buffer = receiver.buffer
@@ -241,25 +251,83 @@ async def open_connection(
     timeout: float | None,
     source_address: str | None = None,
 ) -> Connection:
-    """Open a TCP connection (happy eyeballs across the host's addresses)."""
+    """Open a TCP connection; a hostname's addresses race per happy eyeballs (RFC 8305)."""
     loop = asyncio.get_running_loop()
-    receiver = _Receiver()
+    peer = f"{host}:{port}"
     try:
         async with asyncio.timeout(timeout):
-            transport, _ = await loop.create_connection(
-                lambda: receiver,
-                host,
-                port,
-                happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
-                local_addr=(source_address, 0) if source_address else None,
-            )
+            addresses = await _addresses(loop, host, port)
+            transport, receiver = await _race(loop, addresses, port, source_address)
     except TimeoutError:
         raise TransportTimeout(
-            f"could not connect within {timeout:g} s", host=f"{host}:{port}", phase="connect"
+            f"could not connect within {timeout:g} s", host=peer, phase="connect"
         ) from None
-    except (OSError, socket.gaierror) as exc:
+    except OSError as exc:
         raise ConnectError(
-            f"cannot connect: {exc.strerror or exc}", host=f"{host}:{port}", phase="connect"
+            f"cannot connect: {exc.strerror or exc}", host=peer, phase="connect"
         ) from exc
-    assert isinstance(transport, asyncio.Transport)
-    return Connection(transport, receiver, f"{host}:{port}")
+    return Connection(transport, receiver, peer)
+
+
+async def _addresses(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[str]:
+    """IP literals as they are; names resolved and interleaved by family (IPv6 first)."""
+    try:
+        ipaddress.ip_address(host)
+        return [host]
+    except ValueError:
+        pass
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    v6 = [str(i[4][0]) for i in infos if i[0] == socket.AF_INET6]
+    v4 = [str(i[4][0]) for i in infos if i[0] == socket.AF_INET]
+    ordered: list[str] = []
+    for pair in zip_longest(v6, v4):
+        ordered.extend(a for a in pair if a is not None and a not in ordered)
+    if not ordered:
+        raise OSError(f"{host} has no IPv4 or IPv6 address")
+    return ordered
+
+
+async def _race(
+    loop: asyncio.AbstractEventLoop, addresses: list[str], port: int, source: str | None
+) -> tuple[asyncio.Transport, _Receiver]:
+    """Start a connect to each address HAPPY_EYEBALLS_DELAY after the previous one (or as
+    soon as it fails); the first to succeed wins and the others are cancelled."""
+
+    async def attempt(address: str) -> tuple[asyncio.Transport, _Receiver]:
+        receiver = _Receiver()
+        transport, _ = await loop.create_connection(
+            lambda: receiver, address, port, local_addr=(source, 0) if source else None
+        )
+        # uvloop's transports implement the interface without subclassing it.
+        return cast(asyncio.Transport, transport), receiver
+
+    if len(addresses) == 1:
+        return await attempt(addresses[0])
+    pending: set[asyncio.Task[tuple[asyncio.Transport, _Receiver]]] = set()
+    errors: list[OSError] = []
+    queue = list(addresses)
+    try:
+        while queue or pending:
+            if queue:
+                pending.add(asyncio.ensure_future(attempt(queue.pop(0))))
+            done, pending = await asyncio.wait(
+                pending,
+                timeout=HAPPY_EYEBALLS_DELAY if queue else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            winners = [t for t in done if t.exception() is None]
+            for task in winners[1:]:  # two finished at once: keep one, close the other
+                task.result()[0].close()
+            if winners:
+                return winners[0].result()
+            for task in done:
+                exc = task.exception()
+                if not isinstance(exc, OSError):
+                    raise exc  # type: ignore[misc]
+                errors.append(exc)
+        raise errors[-1] if len(errors) == 1 else OSError(
+            "all addresses failed: " + "; ".join(str(e) for e in errors)
+        )
+    finally:
+        for task in pending:
+            task.cancel()
