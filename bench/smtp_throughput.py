@@ -24,11 +24,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiosmtplib  # noqa: E402
-import uvloop  # noqa: E402
+import aiosmtplib
+import uvloop
+from tests.lab.servers import smtp_sink
 
-import mxpress  # noqa: E402
-from tests.lab.servers import smtp_sink  # noqa: E402
+import mxpress
 
 SENDER = "bench@mxpress.test"
 RCPT = "sink@example.test"
@@ -38,7 +38,7 @@ def make_message(size: int = 1024) -> bytes:
     head = b"From: bench@mxpress.test\r\nTo: sink@example.test\r\nSubject: bench\r\n\r\n"
     line = b"x" * 78 + b"\r\n"
     body = line * ((size - len(head)) // len(line) + 1)
-    return (head + body)[:size - 2] + b"\r\n"
+    return (head + body)[: size - 2] + b"\r\n"
 
 
 def run_async(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -98,9 +98,7 @@ def smtplib_send(host: str, port: int, n: int, conns: int, data: bytes) -> int:
                 client.sendmail(SENDER, [RCPT], data)
                 counts[i] += 1
 
-    threads = [
-        threading.Thread(target=worker, args=(i, c)) for i, c in enumerate(split(n, conns))
-    ]
+    threads = [threading.Thread(target=worker, args=(i, c)) for i, c in enumerate(split(n, conns))]
     for t in threads:
         t.start()
     for t in threads:
@@ -121,11 +119,15 @@ def main() -> None:
         host, port = sink.host, sink.port
         clients: list[tuple[str, Callable[[], int]]] = [
             ("smtplib (threads)", lambda: smtplib_send(host, port, n, conns, data)),
-            ("aiosmtplib (uvloop)",
-             lambda: run_async(lambda: aiosmtplib_send(host, port, n, conns, data))),
+            (
+                "aiosmtplib (uvloop)",
+                lambda: run_async(lambda: aiosmtplib_send(host, port, n, conns, data)),
+            ),
             ("mxpress send()", lambda: run_async(lambda: mxpress_send(host, port, n, conns, data))),
-            ("mxpress send_many()",
-             lambda: run_async(lambda: mxpress_stream(host, port, n, conns, data))),
+            (
+                "mxpress send_many()",
+                lambda: run_async(lambda: mxpress_stream(host, port, n, conns, data)),
+            ),
         ]
         for name, fn in clients:
             start = time.perf_counter()
@@ -135,9 +137,10 @@ def main() -> None:
             print(f"  {name:<22} {ok} msgs in {elapsed:.2f} s", file=sys.stderr)
 
     anchor = next(ok / t for name, ok, t in rows if name.startswith("aiosmtplib"))
-    print(f"\nsmtp-sink on loopback, {n} x {len(data)} B messages, 1 recipient, "
-          f"{conns} connections")
-    print(f"| client | messages | seconds | msgs/s | vs aiosmtplib |")
+    print(
+        f"\nsmtp-sink on loopback, {n} x {len(data)} B messages, 1 recipient, {conns} connections"
+    )
+    print("| client | messages | seconds | msgs/s | vs aiosmtplib |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, ok, elapsed in rows:
         rate = ok / elapsed

@@ -39,8 +39,10 @@ async def demo(port: int, recorder: Recorder) -> None:
         result = await session.send(
             "demo@mxpress.test", ["alice@example.test", "bob@example.test"], mxpress.to_bytes(msg)
         )
-        print(f"server capabilities: pipelining={session.capabilities.pipelining} "
-              f"chunking={session.capabilities.chunking} smtputf8={session.capabilities.smtputf8}")
+        print(
+            f"server capabilities: pipelining={session.capabilities.pipelining} "
+            f"chunking={session.capabilities.chunking} smtputf8={session.capabilities.smtputf8}"
+        )
         for rcpt in ("alice@example.test", "bob@example.test"):
             print(f"  {rcpt}: {result.reply_for(rcpt)}")
         phases = {**session.timings, **result.timings}
@@ -52,9 +54,13 @@ async def demo(port: int, recorder: Recorder) -> None:
         results = await session.send_many(stream)
         elapsed = time.perf_counter() - start
         ok = sum(r.ok for r in results)
-        mode = "pipelined" if session.capabilities.pipelining else "lock-step (no PIPELINING offered)"
-        print(f"stream, {mode}: {ok}/{len(stream)} accepted in {elapsed * 1e3:.1f} ms "
-              f"({len(stream) / elapsed:.0f} msg/s on one session)")
+        mode = (
+            "pipelined" if session.capabilities.pipelining else "lock-step (no PIPELINING offered)"
+        )
+        print(
+            f"stream, {mode}: {ok}/{len(stream)} accepted in {elapsed * 1e3:.1f} ms "
+            f"({len(stream) / elapsed:.0f} msg/s on one session)"
+        )
 
     received = message_from_bytes(recorder.envelopes[0].original_content or b"")
     subject = str(make_header(decode_header(received["Subject"])))

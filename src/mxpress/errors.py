@@ -130,6 +130,11 @@ class PermanentDeliveryError(DeliveryError):
 class AuthenticationError(DeliveryError):
     """AUTH failed, or was refused because it would expose credentials."""
 
+    @property
+    def is_transient(self) -> bool:
+        # Without a 4xx reply (no usable mechanism, plaintext refused) retrying cannot help.
+        return self.reply is not None and self.reply.code < 500
+
 
 # --- DNS -------------------------------------------------------------------------
 

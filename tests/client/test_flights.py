@@ -33,8 +33,7 @@ async def flights_for(server: ScriptedServer, messages: list[Outgoing]) -> tuple
 
 def msgs(n: int, rcpts: int = 1, data: bytes = MSG) -> list[Outgoing]:
     return [
-        Outgoing(f"s{i}@a.test", [f"r{i}.{j}@b.test" for j in range(rcpts)], data)
-        for i in range(n)
+        Outgoing(f"s{i}@a.test", [f"r{i}.{j}@b.test" for j in range(rcpts)], data) for i in range(n)
     ]
 
 
@@ -79,8 +78,10 @@ async def test_stream_pipelines_body_with_next_transaction() -> None:
 
 async def test_some_recipients_refused_others_delivered() -> None:
     server = ScriptedServer(
-        rcpt_replies={"bad@b.test": "550 5.1.1 <bad@b.test>: no such user",
-                      "later@b.test": "450 4.2.0 mailbox busy"}
+        rcpt_replies={
+            "bad@b.test": "550 5.1.1 <bad@b.test>: no such user",
+            "later@b.test": "450 4.2.0 mailbox busy",
+        }
     )
     session, _ = await open_scripted(server)
     result = await session.send("s@a.test", ["ok@b.test", "bad@b.test", "later@b.test"], MSG)
@@ -155,7 +156,7 @@ async def test_size_param_and_8bitmime() -> None:
 
 async def test_unicode_address_needs_smtputf8() -> None:
     server = ScriptedServer(smtputf8=False)
-    session, stream = await open_scripted(server)
+    session, _ = await open_scripted(server)
     with pytest.raises(LocalProtocolError, match="SMTPUTF8"):
         await session.send("s@a.test", ["用户@例子.测试"], MSG)
     assert not any(c.startswith("MAIL") for c in server.commands)
@@ -169,7 +170,9 @@ async def test_dot_stuffing_and_crlf_reach_the_server_intact() -> None:
     session, _ = await open_scripted(server)
     body = b"Subject: dots\n\n.\n..leading\nbare\rcr\r\n.end"
     await session.send("s@a.test", ["r@b.test"], body)
-    assert server.messages[0].data == b"Subject: dots\r\n\r\n.\r\n..leading\r\nbare\r\ncr\r\n.end\r\n"
+    assert (
+        server.messages[0].data == b"Subject: dots\r\n\r\n.\r\n..leading\r\nbare\r\ncr\r\n.end\r\n"
+    )
 
 
 async def test_421_mid_stream_breaks_the_session() -> None:

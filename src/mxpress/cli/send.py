@@ -108,8 +108,19 @@ def send_command(
             )
         mode = TLSMode.parse(tls or "opportunistic")
         result, timings, tls_text = app.run(
-            _send(host, port, mode, insecure, cafile, user, password, sender,
-                  list(recipients), data, timeout)
+            _send(
+                host,
+                port,
+                mode,
+                insecure,
+                cafile,
+                user,
+                password,
+                sender,
+                list(recipients),
+                data,
+                timeout,
+            )
         )
     except (MxpressError, OSError) as exc:
         click.echo(f"mxpress send: {exc}", err=True)
@@ -125,9 +136,7 @@ def send_command(
         )
     console.print(table)
     phases = {**timings, **result.timings}
-    console.print(
-        "phases: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in phases.items())
-    )
+    console.print("phases: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in phases.items()))
     if result.error is not None:
         click.echo(f"mxpress send: {result.error}", err=True)
         sys.exit(1)

@@ -13,8 +13,8 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from enum import Enum
+from dataclasses import dataclass, field
+from enum import StrEnum
 from types import TracebackType
 from typing import TypeVar
 
@@ -37,7 +37,7 @@ from mxpress.transport.connection import Stream, open_connection
 from mxpress.transport.tls import TLSInfo, TLSSessionStore
 
 
-class TLSMode(str, Enum):
+class TLSMode(StrEnum):
     NONE = "none"  # never STARTTLS
     OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered
     REQUIRED = "required"  # STARTTLS or fail
@@ -68,7 +68,7 @@ class SessionOptions:
     allow_plaintext_auth: bool = False
     local_hostname: str | None = None
     source_address: str | None = None
-    timeouts: Timeouts = Timeouts()
+    timeouts: Timeouts = field(default_factory=Timeouts)
 
     @property
     def tls_name(self) -> str | None:
@@ -140,31 +140,39 @@ class Session:
         self.banner = await self._timed("banner", self._read_reply("banner"))
         if not self.banner.ok:
             raise error_for_reply(
-                "server refused the session at greeting", self.banner, host=self.host,
+                "server refused the session at greeting",
+                self.banner,
+                host=self.host,
                 phase="banner",
             )
         await self._timed("ehlo", self._ehlo())
         if opts.tls in (TLSMode.OPPORTUNISTIC, TLSMode.REQUIRED) and self.tls_info is None:
             if self.capabilities.starttls:
-                reply = await self._timed("starttls", self._command(commands.starttls(), "starttls"))
+                reply = await self._timed(
+                    "starttls", self._command(commands.starttls(), "starttls")
+                )
                 if reply.code != 220:
                     if opts.tls is TLSMode.REQUIRED:
                         raise TLSError(
                             f"STARTTLS refused ({reply}) and TLS is required",
-                            host=self.host, phase="starttls", reply=reply,
+                            host=self.host,
+                            phase="starttls",
+                            reply=reply,
                         )
                 else:
                     if self._replies or self._parser.pending:
                         # RFC 3207 §5 / CVE-2011-0411: nothing may follow 220 in plaintext.
                         raise RemoteProtocolError(
                             "server sent data after its STARTTLS reply (injection attempt?)",
-                            host=self.host, phase="starttls",
+                            host=self.host,
+                            phase="starttls",
                         )
                     await self._handshake()
                     await self._timed("ehlo2", self._ehlo())
             elif opts.tls is TLSMode.REQUIRED:
                 raise TLSError(
-                    "server does not offer STARTTLS and TLS is required", host=self.host,
+                    "server does not offer STARTTLS and TLS is required",
+                    host=self.host,
                     phase="ehlo",
                 )
         if self.tls_info is not None:
@@ -239,10 +247,13 @@ class Session:
             raise AuthenticationError(
                 "refusing to send credentials over an unencrypted connection; use TLS, or "
                 "allow_plaintext_auth=True if this link is trusted",
-                host=self.host, phase="auth",
+                host=self.host,
+                phase="auth",
             )
         mechanism = choose_mechanism(
-            self.capabilities.auth, opts.username, opts.password or "",
+            self.capabilities.auth,
+            opts.username,
+            opts.password or "",
             mechanism=opts.auth_mechanism,
         )
         reply = await self._command(
@@ -263,7 +274,9 @@ class Session:
         if not reply.ok:
             raise AuthenticationError(
                 f"authentication as {opts.username!r} with {mechanism.name} failed",
-                host=self.host, phase="auth", reply=reply,
+                host=self.host,
+                phase="auth",
+                reply=reply,
             )
 
     # -- reply I/O ----------------------------------------------------------------------
@@ -353,8 +366,9 @@ class Session:
                 raise
             if reply.code == 421:
                 self._broken()
-                raise error_for_reply("server is closing the session", reply, host=self.host,
-                                      phase=phase)
+                raise error_for_reply(
+                    "server is closing the session", reply, host=self.host, phase=phase
+                )
             self.last_used = self._clock()
             return reply
 

@@ -374,7 +374,10 @@ class TransactionEngine:
             if txn.any_accepted:
                 phase = "bdat" if txn.use_bdat else "end_of_data"
                 result.error = error_for_reply(
-                    "message refused", reply, host=self._host, phase=phase,
+                    "message refused",
+                    reply,
+                    host=self._host,
+                    phase=phase,
                     recipients=_replies(result),
                 )
             else:
@@ -403,7 +406,10 @@ class TransactionEngine:
             result.error = DeliveryError("no recipient was accepted", host=self._host)
         else:
             result.error = error_for_reply(
-                "all recipients refused", worst, host=self._host, phase="rcpt",
+                "all recipients refused",
+                worst,
+                host=self._host,
+                phase="rcpt",
                 recipients=_replies(result),
             )
 

@@ -114,7 +114,8 @@ class ReplyParser:
         if not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
             rest = data[cut:]
-            if len(rest) > self._max_line:
+            # The limit counts a line without its line end: allow for the CR of a CRLF.
+            if len(rest) > self._max_line and (len(rest) > self._max_line + 1 or rest[-1] != 0x0D):
                 raise RemoteProtocolError(
                     f"reply line longer than the {self._max_line}-byte limit without a line end"
                 )
@@ -132,12 +133,13 @@ class ReplyParser:
                 if cached is not None:
                     replies.append(cached)
                     continue
-            if len(line) > self._max_line:
+            content = line[:-1] if line.endswith(b"\r") else line
+            if len(content) > self._max_line:
                 raise RemoteProtocolError(
-                    f"reply line of {len(line)} bytes exceeds the {self._max_line}-byte limit"
+                    f"reply line of {len(content)} bytes exceeds the {self._max_line}-byte limit"
                 )
             single = not self._lines
-            reply = self._line(line[:-1] if line.endswith(b"\r") else line)
+            reply = self._line(content)
             if reply is not None:
                 if single and len(cache) < self._CACHE_LIMIT:
                     cache[line] = reply

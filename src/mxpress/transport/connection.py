@@ -298,8 +298,7 @@ async def _race(
         transport, _ = await loop.create_connection(
             lambda: receiver, address, port, local_addr=(source, 0) if source else None
         )
-        # uvloop's transports implement the interface without subclassing it.
-        return cast(asyncio.Transport, transport), receiver
+        return transport, receiver
 
     if len(addresses) == 1:
         return await attempt(addresses[0])
@@ -325,8 +324,10 @@ async def _race(
                 if not isinstance(exc, OSError):
                     raise exc  # type: ignore[misc]
                 errors.append(exc)
-        raise errors[-1] if len(errors) == 1 else OSError(
-            "all addresses failed: " + "; ".join(str(e) for e in errors)
+        raise (
+            errors[-1]
+            if len(errors) == 1
+            else OSError("all addresses failed: " + "; ".join(str(e) for e in errors))
         )
     finally:
         for task in pending:
