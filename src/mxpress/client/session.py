@@ -432,7 +432,7 @@ async def establish(
     connect_time: float = 0.0,
 ) -> Session:
     """Run session setup over an open stream; closes the stream if setup fails."""
-    session = Session(stream, options, tls_store=tls_store or TLSSessionStore(), clock=clock)
+    session = Session(stream, options, tls_store=tls_store if tls_store is not None else TLSSessionStore(), clock=clock)
     session.timings["connect"] = connect_time
     try:
         await session._setup()
