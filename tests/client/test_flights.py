@@ -181,12 +181,27 @@ async def test_421_mid_stream_breaks_the_session() -> None:
 
     server = ScriptedServer(pipelining=False, hook=hook)
     session, _ = await open_scripted(server)
-    results = None
-    with pytest.raises(TransportError):
-        results = await session.send_many(msgs(3))
-    assert results is None
+    with pytest.raises(TransientDeliveryError) as info:
+        await session.send_many(msgs(3))
+    assert info.value.reply is not None and info.value.reply.code == 421
+    assert info.value.phase == "mail"
     assert session.closed
+    assert session.body_sent_before_failure  # message 0 went out before the 421
     assert len(server.messages) == 1
+
+
+async def test_disconnect_before_any_body_is_safe_to_retry() -> None:
+    def hook(line: str) -> str | None:
+        return "421 4.4.2 idle timeout" if line.startswith("MAIL") else None
+
+    server = ScriptedServer(hook=hook)
+    session, _ = await open_scripted(server)
+    with pytest.raises(TransientDeliveryError):
+        await session.send("s@a.test", ["r@b.test"], MSG)
+    assert session.closed
+    assert not session.body_sent_before_failure
+    with pytest.raises(TransportError, match="closed"):
+        await session.send("s@a.test", ["r@b.test"], MSG)
 
 
 async def test_data_refused_after_recipients_accepted_then_reset() -> None:

@@ -112,6 +112,9 @@ class Session:
         self.created_at = clock()
         self.last_used = self.created_at
         self.messages_sent = 0
+        # Set when a transaction run breaks the session: was any body already written?
+        # False means nothing can have been delivered, so a retry elsewhere is safe.
+        self.body_sent_before_failure = False
 
     # -- properties ----------------------------------------------------------------
 
@@ -343,6 +346,7 @@ class Session:
                 for reply in parser.feed(data):
                     engine.receive(reply, now)
         except BaseException:
+            self.body_sent_before_failure = engine.body_sent
             self._broken()
             raise
 

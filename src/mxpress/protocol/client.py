@@ -175,6 +175,12 @@ class TransactionEngine:
         return self._needs_rset
 
     @property
+    def body_sent(self) -> bool:
+        """True once any message body (end of data or BDAT) has been written: from then on
+        a broken connection may have delivered it, so a blind retry could duplicate it."""
+        return any(t.body_sent_at for t in self._txns)
+
+    @property
     def phase(self) -> str:
         """What the oldest outstanding reply answers; the driver picks its timeout by it."""
         return self._expect[0][0].value if self._expect else "idle"
@@ -204,6 +210,10 @@ class TransactionEngine:
                 f"unexpected reply with no command outstanding: {reply}", host=self._host
             )
         kind, txn, recipient = self._expect.popleft()
+        if reply.code == 421:  # the server is closing the session (RFC 5321 §3.8)
+            raise error_for_reply(
+                "server is closing the session", reply, host=self._host, phase=kind.value
+            )
         if txn is None:  # RSET: a failure here means the session is unusable
             if not reply.ok:
                 raise error_for_reply("RSET refused", reply, host=self._host, phase="rset")
