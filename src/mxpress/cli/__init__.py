@@ -1,0 +1,23 @@
+"""The `mxpress` command line. Each command builds what it needs through mxpress.app."""
+
+from __future__ import annotations
+
+import click
+
+from mxpress.cli.dns import dns_group
+from mxpress.cli.send import send_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mxpress")
+def cli() -> None:
+    """mxpress: fast, reliable outbound e-mail delivery."""
+
+
+cli.add_command(send_command)
+cli.add_command(dns_group)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="mxpress")

@@ -1,0 +1,145 @@
+"""Helpers shared by the DNS tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import pytest
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# The test zone, served by dnsmasq. Every name is under .test and every address
+# is loopback; no test ever connects to these addresses, they are only data.
+ZONE = """\
+mx-host=order.test,mx1.order.test,10
+mx-host=order.test,mx2.order.test,20
+mx-host=order.test,mx3.order.test,20
+mx-host=order.test,mx1.order.test,30
+host-record=mx1.order.test,127.0.0.11,::11,40
+host-record=mx2.order.test,127.0.0.12,50
+host-record=mx3.order.test,127.0.0.13,::13,50
+host-record=implicit.test,127.0.0.20,::20
+mx-host=nullmx.test,.,0
+txt-record=nodata.test,"no mail here"
+cname=alias.test,implicit.test,30
+mx-host=viacname.test,mxalias.test,10
+cname=mxalias.test,mx2.order.test
+mx-host=xn--bcher-kva.test,mx1.order.test,5
+mx-host=deadhosts.test,missing.test,10
+host-record=short.test,127.0.0.40,2
+"""
+# Local mode honours per-record TTLs (host-record, cname) but sends no SOA with
+# negative answers; auth mode sends the SOA (minimum = auth-ttl) but uses
+# auth-ttl for every record. So the zone is served twice, once each way.
+LOCAL_MODE = "local=/test/\nlocal-ttl=60\n"
+AUTH_MODE = (
+    "auth-server=ns.test,127.0.0.1\nauth-zone=test\n"
+    "auth-soa=2024010101,hostmaster.test,1200,180,1209600\nauth-ttl=9\n"
+)
+AUTH_TTL = 9
+
+
+@dataclass
+class Dnsmasq:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def dnsmasq_binary() -> str:
+    found = shutil.which("dnsmasq") or (
+        "/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else None
+    )
+    if found is None:
+        message = "dnsmasq is not installed (Debian package dnsmasq-base or dnsmasq)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def start_dnsmasq(workdir: Path, mode: str) -> Dnsmasq:
+    binary = dnsmasq_binary()
+    conf = workdir / "dnsmasq.conf"
+    conf.write_text(ZONE + mode)
+    last_error = ""
+    for _ in range(3):  # the free port may be taken between probe and bind
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                binary,
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                f"--port={port}",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                f"--conf-file={conf}",
+                f"--pid-file={workdir / 'dnsmasq.pid'}",
+                "--log-facility=-",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                query = dns.message.make_query("mx1.order.test", "A")
+                dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
+                return Dnsmasq(port, process)
+            except (dns.exception.Timeout, OSError):
+                time.sleep(0.05)
+        process.kill()
+        out, _ = process.communicate()
+        last_error = out.decode(errors="replace")
+    pytest.fail(f"dnsmasq did not start: {last_error}")
+
+
+def stop_dnsmasq(server: Dnsmasq) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(5)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+    if server.process.stdout is not None:
+        server.process.stdout.close()
