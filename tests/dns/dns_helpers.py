@@ -97,10 +97,13 @@ def dnsmasq_binary() -> str:
     return found
 
 
-def start_dnsmasq(workdir: Path, mode: str) -> Dnsmasq:
+def start_dnsmasq(
+    workdir: Path, mode: str, zone: str = ZONE, probe: str = "mx1.order.test"
+) -> Dnsmasq:
+    """dnsmasq serving `zone`; `probe` is a name in it whose answer says it is up."""
     binary = dnsmasq_binary()
     conf = workdir / "dnsmasq.conf"
-    conf.write_text(ZONE + mode)
+    conf.write_text(zone + mode)
     last_error = ""
     for _ in range(3):  # the free port may be taken between probe and bind
         port = free_port()
@@ -123,7 +126,7 @@ def start_dnsmasq(workdir: Path, mode: str) -> Dnsmasq:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                query = dns.message.make_query("mx1.order.test", "A")
+                query = dns.message.make_query(probe, "A")
                 dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
                 return Dnsmasq(port, process)
             except (dns.exception.Timeout, OSError):

@@ -112,6 +112,7 @@ class Session:
         self.created_at = clock()
         self.last_used = self.created_at
         self.messages_sent = 0
+        self.uses = 0  # transaction runs (send / send_many calls) on this session
         # Set when a transaction run breaks the session: was any body already written?
         # False means nothing can have been delivered, so a retry elsewhere is safe.
         self.body_sent_before_failure = False
@@ -321,6 +322,7 @@ class Session:
             engine = TransactionEngine(
                 batch, self.capabilities, needs_rset=self._needs_rset, host=self.host
             )
+            self.uses += 1
             await self._run(engine)
             self._needs_rset = engine.needs_rset
             results = engine.results
@@ -436,7 +438,12 @@ async def establish(
     connect_time: float = 0.0,
 ) -> Session:
     """Run session setup over an open stream; closes the stream if setup fails."""
-    session = Session(stream, options, tls_store=tls_store if tls_store is not None else TLSSessionStore(), clock=clock)
+    session = Session(
+        stream,
+        options,
+        tls_store=tls_store if tls_store is not None else TLSSessionStore(),
+        clock=clock,
+    )
     session.timings["connect"] = connect_time
     try:
         await session._setup()
