@@ -123,6 +123,7 @@ class Mailer:
         return [r for r in results if r is not None]
 
     async def close(self) -> None:
+        await self._deliverer.close()
         if self._own_pool:
             await self.pool.close()
 

@@ -54,7 +54,7 @@ def test_send_unicode_subject_over_starttls_with_auth(
         "--to",
         "ann@example.test",
         "--subject",
-        "你好，世界",
+        "你好, 世界",
         "--body",
         "line one\n.\nline three",
     )
@@ -64,7 +64,7 @@ def test_send_unicode_subject_over_starttls_with_auth(
     assert msg.tls and msg.auth_login == "app"
     parsed = message_from_bytes(msg.content)
     assert parsed["Subject"].startswith("=?utf-8?")  # RFC 2047 on the wire
-    assert str(make_header(decode_header(parsed["Subject"]))) == "你好，世界"
+    assert str(make_header(decode_header(parsed["Subject"]))) == "你好, 世界"
     assert parsed["Date"] and parsed["Message-ID"] and parsed["MIME-Version"] == "1.0"
     assert "line one\n.\nline three" in parsed.get_payload(decode=True).decode().replace("\r", "")
 

@@ -116,6 +116,8 @@ class Session:
         # Set when a transaction run breaks the session: was any body already written?
         # False means nothing can have been delivered, so a retry elsewhere is safe.
         self.body_sent_before_failure = False
+        # Results of the last send/send_many, complete or not (after a failure: how far it got).
+        self.last_results: list[TransactionResult] = []
 
     # -- properties ----------------------------------------------------------------
 
@@ -323,6 +325,7 @@ class Session:
                 batch, self.capabilities, needs_rset=self._needs_rset, host=self.host
             )
             self.uses += 1
+            self.last_results = engine.results
             await self._run(engine)
             self._needs_rset = engine.needs_rset
             results = engine.results

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from mxpress.client.session import Session
+from mxpress.delivery.batcher import Batcher
 from mxpress.delivery.result import Outcome, RecipientResult, SendResult
 from mxpress.delivery.router import Candidate, Router, group_by_domain
 from mxpress.errors import (
@@ -22,8 +22,6 @@ from mxpress.errors import (
     DNSError,
     LocalProtocolError,
     MxpressError,
-    PoolTimeout,
-    TransportError,
 )
 from mxpress.pool import Pool
 from mxpress.protocol.client import Outgoing, TransactionResult
@@ -45,6 +43,10 @@ class Deliverer:
         self.router = router
         self.pool = pool
         self._clock = clock
+        self._batcher = Batcher(pool, clock=clock)
+
+    async def close(self) -> None:
+        await self._batcher.close()
 
     async def deliver(self, outgoing: Outgoing) -> SendResult:
         result = SendResult(outgoing.sender)
@@ -102,28 +104,25 @@ class Deliverer:
         """True when this server decided every recipient; False to try the next server."""
         name = candidate.mx or candidate.options.host
         for attempt in range(2):
-            start = self._clock()
-            session: Session | None = None
-            try:
-                async with self.pool.session(candidate.options) as session:
-                    result.add_timings({"pool": self._clock() - start})
-                    if session.uses == 0:
-                        result.new_sessions += 1
-                        result.add_timings(session.timings)
-                    else:
-                        result.reused_sessions += 1
-                    tx = (await session.send_many([message]))[0]
-            except (TransportError, PoolTimeout, DeliveryError) as exc:
-                errors.append(f"{name}: {exc}")
-                if session is None:
-                    return False  # no session (setup failed, backoff, pool full): next server
-                # The session broke mid-transaction (421, disconnect, timeout).
-                if session.body_sent_before_failure or attempt:
-                    self._defer_all(message.recipients, result, exc, name)
-                    return True
-                continue  # nothing was delivered: once more, on another session
-            self._record(tx, session.host, message.recipients, result)
-            return True
+            delivery = await self._batcher.submit(candidate.options, message)
+            error = delivery.error
+            if error is None:
+                assert delivery.result is not None
+                result.add_timings(delivery.timings)
+                if delivery.new_session:
+                    result.new_sessions += 1
+                else:
+                    result.reused_sessions += 1
+                self._record(delivery.result, delivery.host, message.recipients, result)
+                return True
+            errors.append(f"{name}: {error}")
+            if not delivery.in_session:
+                return False  # no session (setup failed, backoff, pool full): next server
+            # The session broke mid-transaction (421, disconnect, timeout).
+            if delivery.body_sent or attempt:
+                self._defer_all(message.recipients, result, error, name)
+                return True
+            # Nothing can have been delivered: once more, on another session.
         return False
 
     def _record(

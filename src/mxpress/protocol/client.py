@@ -67,6 +67,8 @@ class TransactionResult:
     mail_reply: Reply | None = None
     data_reply: Reply | None = None
     error: MxpressError | None = None
+    # True once the body was written: after a broken connection it may have been delivered.
+    body_sent: bool = False
     # Phase durations in seconds: mail, rcpt, data, end_of_data (as the driver measured).
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -178,7 +180,7 @@ class TransactionEngine:
     def body_sent(self) -> bool:
         """True once any message body (end of data or BDAT) has been written: from then on
         a broken connection may have delivered it, so a blind retry could duplicate it."""
-        return any(t.body_sent_at for t in self._txns)
+        return any(t.result.body_sent for t in self._txns)
 
     @property
     def phase(self) -> str:
@@ -197,8 +199,9 @@ class TransactionEngine:
             if txn is not None:
                 if kind is _Kind.MAIL and not txn.mail_at:
                     txn.mail_at = now
-                elif kind in (_Kind.END_OF_DATA, _Kind.BDAT) and not txn.body_sent_at:
+                elif kind in (_Kind.END_OF_DATA, _Kind.BDAT) and not txn.result.body_sent:
                     txn.body_sent_at = now
+                    txn.result.body_sent = True
         flight = b"".join(self._out)
         self._out.clear()
         return flight
