@@ -22,6 +22,7 @@ import signal
 import socket
 import ssl
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import trustme
 from aiosmtpd.controller import Controller
@@ -373,11 +374,12 @@ def smtp_sink(
 ) -> SmtpSink:
     """Start Postfix `smtp-sink` on host:port (port 0: pick a free one) and wait until it listens.
 
-    It advertises PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, DSN, a fake AUTH (any credentials
-    get 250), XCLIENT/XFORWARD, and not CHUNKING. `extra_args` go to smtp-sink before the
-    address, e.g. ("-p",) to drop PIPELINING, ("-r", "RCPT") to 4xx every RCPT, ("-Q", "DATA")
-    to send 421 and hang up at DATA. `count_file` keeps the counter output (a temp file if None).
-    """
+    It advertises PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, DSN, XCLIENT/XFORWARD and a fake
+    AUTH PLAIN LOGIN (it answers any AUTH with 250, not 235; "-a" hides it), and not CHUNKING
+    (BDAT gets "500 5.5.1 unknown command"). Its EHLO reply ends with an empty "250 " line.
+    `extra_args` go to smtp-sink before the address, e.g. ("-p",) to drop PIPELINING, ("-r",
+    "RCPT") to 4xx every RCPT, ("-Q", "DATA") to send 421 and hang up at DATA. `count_file`
+    keeps the counter output (a temp file if None)."""
     check_loopback(host)
     binary = require_binary("smtp-sink")
     tmpdir = Path(tempfile.mkdtemp(prefix="mxpress-sink-"))
@@ -447,8 +449,8 @@ class PostfixServer(LabServer):
 
     Counting reads its own log file (`maillog`): qmgr's "(queue active)" line marks a message
     accepted and queued (once per message, as discard never defers); the discard agent's
-    "status=sent" line marks one recipient delivered; smtpd's "NOQUEUE: reject: RCPT" marks a
-    refused recipient."""
+    "status=sent" line marks one recipient delivered; smtpd's "reject: RCPT" marks a refused
+    recipient."""
 
     def __init__(
         self,
@@ -504,7 +506,7 @@ class PostfixServer(LabServer):
                     self._counts["messages"] += 1
                 elif b"status=sent" in line:
                     self._counts["recipients"] += 1
-                elif b"NOQUEUE: reject: RCPT" in line:
+                elif b": reject: RCPT from" in line:  # "NOQUEUE: reject" or "<queue id>: reject"
                     self._counts["rejected"] += 1
             return dict(self._counts)
 
@@ -658,55 +660,48 @@ class _DovecotAuth:
         return "OK" if ok else "FAIL"
 
     def _serve(self, conn: socket.socket) -> None:
-        b64 = base64.b64encode
+        cookie = os.urandom(16).hex().encode()
         with conn, conn.makefile("rb") as f:
             conn.sendall(
                 b"VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nMECH\tLOGIN\tplaintext\n"
-                b"SPID\t%d\nCUID\t1\nCOOKIE\t%s\nDONE\n"
-                % (os.getpid(), os.urandom(16).hex().encode())
+                b"SPID\t%d\nCUID\t1\nCOOKIE\t%s\nDONE\n" % (os.getpid(), cookie)
             )
-            pending: dict[str, list[str]] = {}  # request id -> [mechanism, decoded steps...]
+            pending: dict[str, list[str]] = {}  # request id -> [mechanism, decoded client steps]
             for raw in f:
                 fields = raw.rstrip(b"\n").decode("utf-8", "replace").split("\t")
                 if fields[0] == "AUTH" and len(fields) >= 3:
-                    rid, mech = fields[1], fields[2].upper()
+                    rid = fields[1]
+                    pending[rid] = [fields[2].upper()]
                     params = dict(p.partition("=")[::2] for p in fields[3:])
-                    pending[rid] = [mech]
-                    data = params.get("resp")
+                    data = params.get("resp")  # initial response, if the client sent one
                 elif fields[0] == "CONT" and len(fields) >= 2 and fields[1] in pending:
                     rid = fields[1]
-                    mech = pending[rid][0]
                     data = fields[2] if len(fields) > 2 else ""
                 else:
                     continue  # VERSION, CPID: nothing to answer
                 steps = pending[rid]
                 if data is not None:
                     steps.append(base64.b64decode(data).decode("utf-8", "replace"))
-                reply: bytes
-                if mech == "PLAIN" and len(steps) == 2:
-                    _, user, password = (steps[1].split("\0") + ["", ""])[:3]
-                    reply = b"%s\t%s\tuser=%s" % (
-                        self._check(user, password).encode(),
-                        rid.encode(),
-                        user.encode(),
-                    )
-                elif mech == "PLAIN":
-                    reply = b"CONT\t%s\t" % rid.encode()
-                elif mech == "LOGIN" and len(steps) == 3:
-                    user, password = steps[1], steps[2]
-                    reply = b"%s\t%s\tuser=%s" % (
-                        self._check(user, password).encode(),
-                        rid.encode(),
-                        user.encode(),
-                    )
-                elif mech == "LOGIN":
-                    prompt = b"Username:" if len(steps) == 1 else b"Password:"
-                    reply = b"CONT\t%s\t%s" % (rid.encode(), b64(prompt))
-                else:
-                    reply = b"FAIL\t%s\treason=unsupported mechanism" % rid.encode()
-                if not reply.startswith(b"CONT"):
-                    pending.pop(rid, None)
-                conn.sendall(reply + b"\n")
+                verb, arg = self._step(steps)
+                if verb != "CONT":
+                    del pending[rid]
+                conn.sendall(f"{verb}\t{rid}\t{arg}\n".encode())
+
+    def _step(self, steps: list[str]) -> tuple[str, str]:
+        """The reply to a request so far: ("CONT", base64 challenge) or ("OK"/"FAIL", args)."""
+        mech, answers = steps[0], steps[1:]
+        if mech == "PLAIN" and answers:
+            _, user, password = [*answers[0].split("\0"), "", ""][:3]  # authzid, authcid, pw
+        elif mech == "PLAIN":
+            return "CONT", ""
+        elif mech == "LOGIN" and len(answers) == 2:
+            user, password = answers
+        elif mech == "LOGIN":
+            prompt = b"Username:" if not answers else b"Password:"
+            return "CONT", base64.b64encode(prompt).decode()
+        else:
+            return "FAIL", "reason=unsupported mechanism"
+        return self._check(user, password), f"user={user}"
 
 
 def _access_map(reject: Iterable[str], defer: Iterable[str]) -> str:
@@ -822,9 +817,10 @@ def postfix_smtpd(
     Recipients (addresses or domains) in `reject_recipients` get 550 5.1.1 at RCPT, those in
     `defer_recipients` 450 4.2.0. `auth` = {user: password} turns on AUTH PLAIN/LOGIN (Postfix
     SASL against a small in-process Dovecot-protocol checker), offered only after STARTTLS
-    unless `auth_tls_only` is False; with `auth_required` unauthenticated RCPTs get 554 Relay
-    access denied. `extra_config` adds or overrides main.cf parameters.
-    Runs as root (master drops privileges to mail_owner=postfix) or as any user able to."""
+    unless `auth_tls_only` is False; with `auth_required` unauthenticated RCPTs get 554 5.7.1
+    Access denied. `extra_config` adds or overrides main.cf parameters.
+    Needs root: the queue directories are chowned to mail_owner=postfix, and master starts as
+    root and drops privileges per service, as in a system install."""
     check_loopback(host)
     require_binary("postfix")
     daemon_dir = subprocess.run(
@@ -999,12 +995,12 @@ class RecordingHandler:
         drop_with_reset: bool = False,
         delays: Mapping[str, float] | None = None,
     ) -> None:
-        self.rcpt_replies = {k.lower(): v for k, v in (rcpt_replies or {}).items()}
+        self.rcpt_replies: dict[str, str] = dict(rcpt_replies or {})
         self.mail_reply = mail_reply
         self.data_reply = data_reply
-        self.drop_on = {c.upper() for c in drop_on}
+        self.drop_on: set[str] = set(drop_on)
         self.drop_with_reset = drop_with_reset
-        self.delays = {k.upper(): v for k, v in (delays or {}).items()}
+        self.delays: dict[str, float] = dict(delays or {})
         self.messages: list[RecordedMessage] = []
         self.rcpt_attempts: list[str] = []  # every RCPT address seen, accepted or not
         self._cond = threading.Condition()
@@ -1024,19 +1020,17 @@ class RecordingHandler:
 
     async def _before(self, command: str, server: SMTP) -> bool:
         """Apply delay; return True if the connection was dropped instead of replying."""
-        delay = self.delays.get(command)
+        # Case-insensitive keys, normalized here because tests may reassign these attributes.
+        delay = {k.upper(): v for k, v in self.delays.items()}.get(command)
         if delay:
             await asyncio.sleep(delay)
-        if command in self.drop_on:
-            transport = server.transport
-            if transport is not None:
-                if self.drop_with_reset:
-                    sock = transport.get_extra_info("socket")
-                    if sock is not None:
-                        # linger 0: close() sends RST instead of FIN
-                        sock.setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                        )
+        if command in {c.upper() for c in self.drop_on}:
+            if server.transport is not None:
+                transport = cast(asyncio.Transport, server.transport)
+                sock = transport.get_extra_info("socket")
+                if self.drop_with_reset and sock is not None:
+                    # linger 0: closing sends an RST instead of a FIN
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 # abort() marks the transport lost at once, so aiosmtpd's reply is discarded.
                 transport.abort()
             return True
@@ -1070,7 +1064,7 @@ class RecordingHandler:
             self.rcpt_attempts.append(address)
         if await self._before("RCPT", server):
             return "421 4.4.2 dropped (lab)"
-        reply = self.rcpt_replies.get(address.lower())
+        reply = {k.lower(): v for k, v in self.rcpt_replies.items()}.get(address.lower())
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
@@ -1103,7 +1097,7 @@ class RecordingHandler:
         return "250 2.0.0 OK: queued (lab)"
 
 
-class _LabController(Controller):  # type: ignore[misc]
+class _LabController(Controller):
     """Controller that supports port 0 and counts connections."""
 
     connections = 0
@@ -1111,12 +1105,14 @@ class _LabController(Controller):  # type: ignore[misc]
     def factory(self) -> SMTP:
         # aiosmtpd builds one SMTP protocol object per accepted connection.
         self.connections += 1
-        return super().factory()
+        smtp: SMTP = super().factory()  # type: ignore[no-untyped-call]
+        return smtp
 
     def _trigger_server(self) -> None:
+        # Runs once the listener exists: the place to learn which port 0 became.
         if self.port == 0 and self.server is not None:
-            self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+            self.port = cast(asyncio.Server, self.server).sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class AiosmtpdServer(LabServer):

@@ -251,6 +251,33 @@ def test_two_postfix_instances_share_a_port_on_different_addresses(
     assert not (tmp_path / f"postfix-127.0.0.2-{port}").exists()  # scratch link removed
 
 
+def test_postfix_auth_after_starttls(tmp_path: Path) -> None:
+    need("postfix")
+    with (
+        postfix_smtpd(workdir=tmp_path, auth={"alice": "s3cret"}, auth_required=True) as server,
+        smtplib.SMTP(server.host, server.port, local_hostname=HELO, timeout=10) as client,
+    ):
+        assert server.ca is not None
+        client.ehlo()
+        assert not client.has_extn("auth")  # smtpd_tls_auth_only
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
+            client.sendmail(SENDER, ["user@example.test"], MESSAGE)
+        assert info.value.recipients["user@example.test"][0] == 554
+        client.starttls(context=server.ca.client_context())
+        client.ehlo()
+        assert set(client.esmtp_features["auth"].split()) == {"PLAIN", "LOGIN"}
+        client.user, client.password = "alice", "wrong"
+        with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+            client.auth("PLAIN", client.auth_plain)
+        assert failed.value.smtp_code == 535
+        client.user, client.password = "alice", "s3cret"
+        assert client.auth("LOGIN", client.auth_login, initial_response_ok=False)[0] == 235
+        assert client.sendmail(SENDER, ["user@example.test"], MESSAGE) == {}
+        assert server.wait_for_messages(1) == 1
+        assert server.auth_attempts == [("alice", False), ("alice", True)]
+        assert "sasl_username=alice" in server.log()
+
+
 def test_postfix_without_tls(tmp_path: Path) -> None:
     need("postfix")
     with (
@@ -402,6 +429,6 @@ def _starttls_session(
     _reply(tf)
     tls.sendall(b"QUIT\r\n")
     _reply(tf)
-    result = (tls.session, tls.session_reused)
+    result = (tls.session, bool(tls.session_reused))
     tls.close()
     return result
