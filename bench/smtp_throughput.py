@@ -6,7 +6,8 @@
 - mxpress send_many: each session streams its share, pipelined across messages;
 - mxpress send: N workers each awaiting session.send() per message (PIPELINING only);
 - aiosmtplib: N reused connections on uvloop, sendmail() per message;
-- smtplib: N threads, each with one reused connection.
+- smtplib: N threads, each with one reused connection;
+- mxpress Mailer.send_many (relay mode, pool of N sessions, 100 concurrent sends).
 Prints msgs/s and each one's ratio to aiosmtplib. Not a timed test: numbers only.
 """
 
@@ -73,6 +74,13 @@ async def mxpress_send(host: str, port: int, n: int, conns: int, data: bytes) ->
             return ok
 
     return sum(await asyncio.gather(*(worker(c) for c in split(n, conns))))
+
+
+async def mailer_send_many(host: str, port: int, n: int, conns: int, data: bytes) -> int:
+    relay = f"smtp://{host}:{port}"
+    async with mxpress.Mailer(relay, max_per_destination=conns, timeout=30) as mailer:
+        results = await mailer.send_many([data] * n, concurrency=100)
+        return sum(r.ok for r in results)
 
 
 async def aiosmtplib_send(host: str, port: int, n: int, conns: int, data: bytes) -> int:

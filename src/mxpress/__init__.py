@@ -1,6 +1,7 @@
 """mxpress: a fast, reliable outbound e-mail delivery engine."""
 
 from mxpress.client import Session, SessionOptions, Timeouts, TLSMode, connect
+from mxpress.delivery.result import Outcome, RecipientResult, SendResult
 from mxpress.errors import (
     AuthenticationError,
     ConfigError,
@@ -18,10 +19,13 @@ from mxpress.errors import (
     TransportError,
     TransportTimeout,
 )
+from mxpress.mailer import Mailer
 from mxpress.message import build_message, to_bytes
+from mxpress.pool import Pool
 from mxpress.protocol.client import Outgoing, TransactionResult
 from mxpress.protocol.extensions import Capabilities
 from mxpress.protocol.replies import Reply
+from mxpress.sync import SyncMailer, send
 from mxpress.transport.tls import TLSSessionStore
 
 __all__ = [
@@ -32,15 +36,21 @@ __all__ = [
     "DNSError",
     "DeliveryError",
     "LocalProtocolError",
+    "Mailer",
     "MxpressError",
+    "Outcome",
     "Outgoing",
     "PermanentDeliveryError",
+    "Pool",
     "PoolTimeout",
     "ProtocolError",
+    "RecipientResult",
     "RemoteProtocolError",
     "Reply",
+    "SendResult",
     "Session",
     "SessionOptions",
+    "SyncMailer",
     "TLSError",
     "TLSMode",
     "TLSSessionStore",
@@ -51,5 +61,6 @@ __all__ = [
     "TransportTimeout",
     "build_message",
     "connect",
+    "send",
     "to_bytes",
 ]

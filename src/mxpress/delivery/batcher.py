@@ -1,0 +1,177 @@
+"""Pipelining across messages from independent senders.
+
+Concurrent sends to the same destination queue here. A drainer task holds one pooled
+session and sends everything queued as one pipelined stream (`Session.send_many`), so a
+stream of messages costs about one round trip each instead of two, whoever sent them.
+Up to the pool's per-destination limit of drainers run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mxpress.client.session import SessionOptions
+from mxpress.errors import MxpressError
+from mxpress.pool import Pool
+from mxpress.pool.key import DestinationKey
+from mxpress.protocol.client import Outgoing, TransactionResult
+
+Clock = Callable[[], float]
+
+# Messages per send_many call: bounds the bytes in one flight and lets a drainer notice
+# newly queued messages (and release its session) between batches.
+MAX_BATCH = 64
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What became of one queued message on one server."""
+
+    result: TransactionResult | None = None
+    error: MxpressError | None = None
+    host: str = ""
+    in_session: bool = False  # False: no session could be had (try the next server)
+    body_sent: bool = False  # with an error: the body may have reached the server
+    timings: dict[str, float] = field(default_factory=dict)
+    new_session: bool = False
+
+
+@dataclass(slots=True)
+class _Item:
+    message: Outgoing
+    future: asyncio.Future[Delivery]
+    queued_at: float
+
+
+@dataclass(slots=True)
+class _Queue:
+    pending: deque[_Item] = field(default_factory=deque)
+    drainers: int = 0
+
+
+class Batcher:
+    """Per-destination queues drained over pooled sessions."""
+
+    def __init__(self, pool: Pool, *, clock: Clock = time.perf_counter) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._queues: dict[DestinationKey, _Queue] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, options: SessionOptions, message: Outgoing) -> Delivery:
+        key = DestinationKey.from_options(options)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue()
+        loop = asyncio.get_running_loop()
+        item = _Item(message, loop.create_future(), self._clock())
+        queue.pending.append(item)
+        if queue.drainers < self._pool.max_per_destination:
+            queue.drainers += 1
+            task = loop.create_task(self._drain(key, queue, options))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await item.future
+
+    async def _drain(self, key: DestinationKey, queue: _Queue, options: SessionOptions) -> None:
+        try:
+            while _live(queue.pending):
+                if not await self._serve(queue, options):
+                    return
+        except BaseException as exc:
+            # Cancelled (the Mailer closes) or a bug: nobody may wait forever.
+            if queue.drainers == 1:
+                _fail_all(queue.pending, Delivery(error=_as_error(exc)))
+            raise
+        finally:
+            queue.drainers -= 1
+            if not queue.drainers and not queue.pending:
+                self._queues.pop(key, None)
+
+    async def _serve(self, queue: _Queue, options: SessionOptions) -> bool:
+        """Hold one session while messages are queued. False: no session could be had."""
+        start = self._clock()
+        acquired = False
+        try:
+            async with self._pool.session(options) as session:
+                acquired = True
+                waited = self._clock() - start
+                new = session.uses == 0
+                while _live(queue.pending):
+                    batch = _take(queue.pending, MAX_BATCH)
+                    try:
+                        results = await session.send_many([i.message for i in batch])
+                    except BaseException as exc:
+                        error = _as_error(exc)
+                        partial = session.last_results
+                        for n, item in enumerate(batch):
+                            sent = partial[n].body_sent if n < len(partial) else True
+                            _resolve(
+                                item,
+                                Delivery(
+                                    error=error, host=session.host, in_session=True, body_sent=sent
+                                ),
+                            )
+                        raise
+                    for n, (item, result) in enumerate(zip(batch, results, strict=True)):
+                        timings = {"queue": start - item.queued_at, "pool": waited}
+                        if new:  # the whole first batch waited for the session's setup
+                            timings.update(session.timings)
+                        delivery = Delivery(
+                            result,
+                            host=session.host,
+                            in_session=True,
+                            timings=timings,
+                            new_session=new and n == 0,
+                        )
+                        _resolve(item, delivery)
+                    new, waited = False, 0.0
+        except MxpressError as exc:
+            if acquired:
+                return True  # the session broke; its batch has its errors; go on afresh
+            if queue.drainers == 1:  # no other drainer will serve these: try elsewhere
+                _fail_all(queue.pending, Delivery(error=exc))
+            return False
+        return True
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _as_error(exc: BaseException) -> MxpressError:
+    if isinstance(exc, MxpressError):
+        return exc
+    return MxpressError(f"delivery stopped: {exc!r}")
+
+
+def _live(pending: deque[_Item]) -> bool:
+    """Drop items whose sender gave up (cancelled); True if any remain."""
+    while pending and pending[0].future.done():
+        pending.popleft()
+    return bool(pending)
+
+
+def _take(pending: deque[_Item], limit: int) -> list[_Item]:
+    batch: list[_Item] = []
+    while pending and len(batch) < limit:
+        item = pending.popleft()
+        if not item.future.done():
+            batch.append(item)
+    return batch
+
+
+def _resolve(item: _Item, delivery: Delivery) -> None:
+    if not item.future.done():
+        item.future.set_result(delivery)
+
+
+def _fail_all(pending: deque[_Item], delivery: Delivery) -> None:
+    while pending:
+        _resolve(pending.popleft(), delivery)
