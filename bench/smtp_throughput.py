@@ -136,6 +136,10 @@ def main() -> None:
                 "mxpress send_many()",
                 lambda: run_async(lambda: mxpress_stream(host, port, n, conns, data)),
             ),
+            (
+                "mxpress Mailer.send_many()",
+                lambda: run_async(lambda: mailer_send_many(host, port, n, conns, data)),
+            ),
         ]
         for name, fn in clients:
             start = time.perf_counter()

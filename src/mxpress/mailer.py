@@ -102,25 +102,40 @@ class Mailer:
     async def send_many(
         self, messages: Iterable[Message], *, concurrency: int = 100
     ) -> list[SendResult]:
-        """Send many messages, at most `concurrency` at a time; results in input order."""
+        """Send many messages, at most `concurrency` in flight; results in input order.
+
+        Messages go in chunks, each delivered as a whole (one envelope pass, one batch
+        per destination), with a few chunks in flight so no chunk boundary idles a session.
+        """
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency!r}")
         items = list(messages)
         results: list[SendResult | None] = [None] * len(items)
-        next_index = 0
+        lanes = min(4, concurrency)
+        size = max(1, concurrency // lanes)
+        chunks = iter(range(0, len(items), size))
 
-        async def worker() -> None:
-            nonlocal next_index
-            while next_index < len(items):
-                i = next_index
-                next_index += 1
-                try:
-                    results[i] = await self.send(items[i])
-                except MxpressError as exc:  # one bad message must not stop the rest
-                    results[i] = SendResult("", error=exc)
+        async def lane() -> None:
+            for start in chunks:  # the shared iterator hands each chunk to one lane
+                await self._send_chunk(items, start, min(start + size, len(items)), results)
 
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(items)))))
+        await asyncio.gather(*(lane() for _ in range(lanes)))
         return [r for r in results if r is not None]
+
+    async def _send_chunk(
+        self, items: list[Message], start: int, end: int, results: list[SendResult | None]
+    ) -> None:
+        ready: list[tuple[int, Outgoing]] = []
+        for i in range(start, end):
+            try:
+                sender, rcpts, data = envelope_of(items[i])
+            except MxpressError as exc:  # one bad message must not stop the rest
+                results[i] = SendResult("", error=exc)
+                continue
+            ready.append((i, Outgoing(sender, rcpts, data)))
+        sent = await self._deliverer.deliver_many([o for _, o in ready])
+        for (i, _), result in zip(ready, sent, strict=True):
+            results[i] = result
 
     async def close(self) -> None:
         await self._deliverer.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mxpress.client.session import SessionOptions
@@ -40,11 +40,37 @@ class Delivery:
     new_session: bool = False
 
 
+class _Group:
+    """The messages of one `submit` call: one future for all, so a caller with many
+    messages costs one task wake-up, not one per message."""
+
+    __slots__ = ("future", "remaining", "results")
+
+    def __init__(self, size: int, future: asyncio.Future[list[Delivery]]) -> None:
+        self.results: list[Delivery | None] = [None] * size
+        self.remaining = size
+        self.future = future
+
+    def resolve(self, index: int, delivery: Delivery) -> None:
+        if self.results[index] is not None or self.future.done():
+            return
+        self.results[index] = delivery
+        self.remaining -= 1
+        if not self.remaining:
+            self.future.set_result([d for d in self.results if d is not None])
+
+
 @dataclass(slots=True)
 class _Item:
     message: Outgoing
-    future: asyncio.Future[Delivery]
+    group: _Group
+    index: int
     queued_at: float
+
+    @property
+    def abandoned(self) -> bool:
+        """Its sender gave up (cancelled) or it was already answered."""
+        return self.group.future.done() or self.group.results[self.index] is not None
 
 
 @dataclass(slots=True)
@@ -62,20 +88,25 @@ class Batcher:
         self._queues: dict[DestinationKey, _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, options: SessionOptions, message: Outgoing) -> Delivery:
+    async def submit(self, options: SessionOptions, messages: Sequence[Outgoing]) -> list[Delivery]:
+        """Queue messages for one destination; their deliveries, in order."""
+        if not messages:
+            return []
         key = DestinationKey.from_options(options)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()
         loop = asyncio.get_running_loop()
-        item = _Item(message, loop.create_future(), self._clock())
-        queue.pending.append(item)
-        if queue.drainers < self._pool.max_per_destination:
+        group = _Group(len(messages), loop.create_future())
+        now = self._clock()
+        queue.pending.extend(_Item(m, group, i, now) for i, m in enumerate(messages))
+        limit = min(self._pool.max_per_destination, len(queue.pending))
+        while queue.drainers < limit:
             queue.drainers += 1
             task = loop.create_task(self._drain(key, queue, options))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await item.future
+        return await group.future
 
     async def _drain(self, key: DestinationKey, queue: _Queue, options: SessionOptions) -> None:
         try:
@@ -153,7 +184,7 @@ def _as_error(exc: BaseException) -> MxpressError:
 
 def _live(pending: deque[_Item]) -> bool:
     """Drop items whose sender gave up (cancelled); True if any remain."""
-    while pending and pending[0].future.done():
+    while pending and pending[0].abandoned:
         pending.popleft()
     return bool(pending)
 
@@ -162,14 +193,13 @@ def _take(pending: deque[_Item], limit: int) -> list[_Item]:
     batch: list[_Item] = []
     while pending and len(batch) < limit:
         item = pending.popleft()
-        if not item.future.done():
+        if not item.abandoned:
             batch.append(item)
     return batch
 
 
 def _resolve(item: _Item, delivery: Delivery) -> None:
-    if not item.future.done():
-        item.future.set_result(delivery)
+    item.group.resolve(item.index, delivery)
 
 
 def _fail_all(pending: deque[_Item], delivery: Delivery) -> None:

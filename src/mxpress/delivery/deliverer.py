@@ -1,10 +1,12 @@
-"""Deliver one message to its recipients: per domain, try the servers in order.
+"""Deliver messages to their recipients: per domain, try the servers in order.
 
-- Setup failures (connect, TLS, a refusal at greeting or EHLO, a host in backoff) move on
-  to the next server of the domain.
-- A session that breaks before any body was written is retried once on another session
-  of the same server (nothing can have been delivered); after a body went out the
-  recipients are deferred, since a retry could deliver twice.
+- Messages are split per recipient domain (in relay mode there is one "domain"); all the
+  parts for one domain go to the batcher together, so they share pipelined flights.
+- Setup failures (connect, TLS, a refusal at greeting or EHLO, a host in backoff) move
+  the parts on to the domain's next server.
+- A session that breaks before a part's body was written is retried once (nothing can
+  have been delivered); after its body went out the part is deferred, since a retry
+  could deliver twice.
 - Replies decide per recipient: 2xx delivered, 4xx deferred, 5xx bounced.
 """
 
@@ -13,18 +15,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from mxpress.delivery.batcher import Batcher
+from mxpress.client.session import SessionOptions
+from mxpress.delivery.batcher import Batcher, Delivery
 from mxpress.delivery.result import Outcome, RecipientResult, SendResult
-from mxpress.delivery.router import Candidate, Router, group_by_domain
-from mxpress.errors import (
-    DeliveryError,
-    DNSError,
-    LocalProtocolError,
-    MxpressError,
-)
+from mxpress.delivery.router import Router, domain_of
+from mxpress.errors import DeliveryError, DNSError, LocalProtocolError, MxpressError
 from mxpress.pool import Pool
-from mxpress.protocol.client import Outgoing, TransactionResult
+from mxpress.protocol.client import Outgoing
 from mxpress.protocol.replies import Reply
 
 Clock = Callable[[], float]
@@ -34,6 +33,16 @@ def outcome_of(reply: Reply | None) -> Outcome:
     if reply is None or reply.code < 400:
         return Outcome.DEFERRED if reply is None else Outcome.DELIVERED
     return Outcome.DEFERRED if reply.code < 500 else Outcome.BOUNCED
+
+
+@dataclass(slots=True)
+class _Part:
+    """The recipients of one message in one domain."""
+
+    message: Outgoing
+    result: SendResult
+    errors: list[str]
+    retried: bool = False
 
 
 class Deliverer:
@@ -49,94 +58,116 @@ class Deliverer:
         await self._batcher.close()
 
     async def deliver(self, outgoing: Outgoing) -> SendResult:
-        result = SendResult(outgoing.sender)
-        if self.router.relay is not None:
-            groups = {"": list(outgoing.recipients)}
-        else:
-            try:
-                groups = group_by_domain(outgoing.recipients)
-            except MxpressError as exc:
-                for rcpt in outgoing.recipients:
+        return (await self.deliver_many([outgoing]))[0]
+
+    async def deliver_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
+        results = [SendResult(o.sender) for o in outgoings]
+        by_domain: dict[str, list[_Part]] = {}
+        relay = self.router.relay is not None
+        for outgoing, result in zip(outgoings, results, strict=True):
+            groups: dict[str, list[str]] = {}
+            for rcpt in outgoing.recipients:
+                try:
+                    domain = "" if relay else domain_of(rcpt)
+                except MxpressError as exc:
                     result.recipients[rcpt] = RecipientResult(
                         rcpt, Outcome.BOUNCED, reason=str(exc)
                     )
-                return result
-        if len(groups) == 1:
-            ((domain, rcpts),) = groups.items()
-            await self._deliver_domain(domain, rcpts, outgoing, result)
-        else:
-            await asyncio.gather(
-                *(self._deliver_domain(d, r, outgoing, result) for d, r in groups.items())
-            )
-        return result
+                    continue
+                groups.setdefault(domain, []).append(rcpt)
+            for domain, rcpts in groups.items():
+                message = (
+                    outgoing
+                    if len(groups) == 1 and len(rcpts) == len(outgoing.recipients)
+                    else Outgoing(
+                        outgoing.sender,
+                        rcpts,
+                        outgoing.data,
+                        outgoing.ret,
+                        outgoing.envid,
+                        outgoing.notify,
+                    )
+                )
+                by_domain.setdefault(domain, []).append(_Part(message, result, []))
+        if len(by_domain) == 1:
+            ((domain, parts),) = by_domain.items()
+            await self._deliver_domain(domain, parts)
+        elif by_domain:
+            await asyncio.gather(*(self._deliver_domain(d, p) for d, p in by_domain.items()))
+        return results
 
-    async def _deliver_domain(
-        self, domain: str, rcpts: list[str], outgoing: Outgoing, result: SendResult
-    ) -> None:
+    async def _deliver_domain(self, domain: str, parts: list[_Part]) -> None:
         start = self._clock()
         try:
             candidates = await self.router.candidates(domain)
         except DNSError as exc:
             outcome = Outcome.DEFERRED if exc.is_transient else Outcome.BOUNCED
-            for rcpt in rcpts:
-                result.recipients[rcpt] = RecipientResult(rcpt, outcome, reason=str(exc))
+            for part in parts:
+                for rcpt in part.message.recipients:
+                    part.result.recipients[rcpt] = RecipientResult(rcpt, outcome, reason=str(exc))
             return
         finally:
             if domain:
-                result.add_timings({"dns": self._clock() - start})
-        message = Outgoing(
-            outgoing.sender, rcpts, outgoing.data, outgoing.ret, outgoing.envid, outgoing.notify
-        )
-        errors: list[str] = []
+                elapsed = self._clock() - start
+                for part in parts:
+                    part.result.add_timings({"dns": elapsed})
+        pending = parts
         for candidate in candidates:
-            done = await self._try_server(candidate, message, result, errors)
-            if done:
-                return
-        reason = "; ".join(errors[-3:]) or "no server could be reached"
-        for rcpt in rcpts:
-            result.recipients[rcpt] = RecipientResult(
-                rcpt, Outcome.DEFERRED, reason=f"all servers failed: {reason}"
+            pending = await self._on_server(
+                candidate.mx or candidate.options.host, candidate.options, pending
             )
+            if not pending:
+                return
+        for part in pending:
+            reason = "; ".join(part.errors[-3:]) or "no server could be reached"
+            for rcpt in part.message.recipients:
+                part.result.recipients[rcpt] = RecipientResult(
+                    rcpt, Outcome.DEFERRED, reason=f"all servers failed: {reason}"
+                )
 
-    async def _try_server(
-        self, candidate: Candidate, message: Outgoing, result: SendResult, errors: list[str]
-    ) -> bool:
-        """True when this server decided every recipient; False to try the next server."""
-        name = candidate.mx or candidate.options.host
-        for attempt in range(2):
-            delivery = await self._batcher.submit(candidate.options, message)
-            error = delivery.error
-            if error is None:
-                assert delivery.result is not None
-                result.add_timings(delivery.timings)
-                if delivery.new_session:
-                    result.new_sessions += 1
+    async def _on_server(
+        self, name: str, options: SessionOptions, parts: list[_Part]
+    ) -> list[_Part]:
+        """Send the parts to one server; return those that must try the next server."""
+        moved: list[_Part] = []
+        todo = parts
+        while todo:
+            deliveries = await self._batcher.submit(options, [p.message for p in todo])
+            retry: list[_Part] = []
+            for part, delivery in zip(todo, deliveries, strict=True):
+                error = delivery.error
+                if error is None:
+                    assert delivery.result is not None
+                    self._record(part, delivery)
+                    continue
+                part.errors.append(f"{name}: {error}")
+                if not delivery.in_session:
+                    moved.append(part)  # no session here (setup failed, backoff, pool full)
+                elif delivery.body_sent or part.retried:
+                    self._defer(part, error, delivery.host or name)
                 else:
-                    result.reused_sessions += 1
-                self._record(delivery.result, delivery.host, message.recipients, result)
-                return True
-            errors.append(f"{name}: {error}")
-            if not delivery.in_session:
-                return False  # no session (setup failed, backoff, pool full): next server
-            # The session broke mid-transaction (421, disconnect, timeout).
-            if delivery.body_sent or attempt:
-                self._defer_all(message.recipients, result, error, name)
-                return True
-            # Nothing can have been delivered: once more, on another session.
-        return False
+                    part.retried = True  # the session broke before the body: nothing delivered
+                    retry.append(part)
+            todo = retry
+        return moved
 
-    def _record(
-        self, tx: TransactionResult, host: str, rcpts: Sequence[str], result: SendResult
-    ) -> None:
+    def _record(self, part: _Part, delivery: Delivery) -> None:
+        tx = delivery.result
+        assert tx is not None
+        result, host = part.result, delivery.host
+        result.add_timings(delivery.timings)
         result.add_timings(tx.timings)
+        if delivery.new_session:
+            result.new_sessions += 1
+        else:
+            result.reused_sessions += 1
         error = tx.error
-        for rcpt in rcpts:
+        for rcpt in part.message.recipients:
             reply = tx.reply_for(rcpt)
             if error is not None and not isinstance(error, DeliveryError):
                 # Refused before sending (bad address, no SMTPUTF8): sending again won't help.
-                outcome = (
-                    Outcome.BOUNCED if isinstance(error, LocalProtocolError) else (Outcome.DEFERRED)
-                )
+                local = isinstance(error, LocalProtocolError)
+                outcome = Outcome.BOUNCED if local else Outcome.DEFERRED
             elif reply is None and error is not None:
                 outcome = Outcome.DEFERRED if error.is_transient else Outcome.BOUNCED
             else:
@@ -147,8 +178,8 @@ class Deliverer:
             result.recipients[rcpt] = RecipientResult(rcpt, outcome, reply, host, reason)
 
     @staticmethod
-    def _defer_all(rcpts: Sequence[str], result: SendResult, exc: MxpressError, host: str) -> None:
-        for rcpt in rcpts:
-            result.recipients[rcpt] = RecipientResult(
+    def _defer(part: _Part, exc: MxpressError, host: str) -> None:
+        for rcpt in part.message.recipients:
+            part.result.recipients[rcpt] = RecipientResult(
                 rcpt, Outcome.DEFERRED, exc.reply, host, reason=str(exc)
             )
