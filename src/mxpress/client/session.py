@@ -118,6 +118,7 @@ class Session:
         self.body_sent_before_failure = False
         # Results of the last send/send_many, complete or not (after a failure: how far it got).
         self.last_results: list[TransactionResult] = []
+        self.last_incomplete: list[tuple[int, TransactionResult]] = []
 
     # -- properties ----------------------------------------------------------------
 
@@ -332,6 +333,42 @@ class Session:
             self.messages_sent += sum(1 for r in results if r.ok)
             self.last_used = self._clock()
             return results
+
+    async def stream(
+        self,
+        source: Callable[[], Sequence[Outgoing]],
+        on_result: Callable[[int, TransactionResult], None],
+    ) -> None:
+        """Send messages pulled from `source` (called whenever the pipeline can take the
+        next one; an empty answer ends the stream once nothing is in flight), reporting
+        each as `on_result(index, result)` the moment its final reply arrives. Indexes
+        count the messages `source` returned, from 0. If the session breaks, the
+        messages whose fate is unknown are in `last_incomplete`."""
+        async with self._lock:
+            self._check_open()
+
+            def counted(index: int, result: TransactionResult) -> None:
+                if result.ok:
+                    self.messages_sent += 1
+                on_result(index, result)
+
+            engine = TransactionEngine(
+                (),
+                self.capabilities,
+                needs_rset=self._needs_rset,
+                host=self.host,
+                source=source,
+                on_result=counted,
+            )
+            self.uses += 1
+            self.last_incomplete = []
+            try:
+                await self._run(engine)
+            except BaseException:
+                self.last_incomplete = engine.incomplete()
+                raise
+            self._needs_rset = engine.needs_rset
+            self.last_used = self._clock()
 
     async def _run(self, engine: TransactionEngine) -> None:
         stream, parser, clock = self._stream, self._parser, self._clock

@@ -14,17 +14,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from mxpress.client.session import SessionOptions
+from mxpress.client.session import Session, SessionOptions
 from mxpress.errors import MxpressError
 from mxpress.pool import Pool
 from mxpress.pool.key import DestinationKey
 from mxpress.protocol.client import Outgoing, TransactionResult
 
 Clock = Callable[[], float]
-
-# Messages per send_many call: bounds the bytes in one flight and lets a drainer notice
-# newly queued messages (and release its session) between batches.
-MAX_BATCH = 64
 
 
 @dataclass(slots=True)
@@ -36,7 +32,9 @@ class Delivery:
     host: str = ""
     in_session: bool = False  # False: no session could be had (try the next server)
     body_sent: bool = False  # with an error: the body may have reached the server
-    timings: dict[str, float] = field(default_factory=dict)
+    queued: float = 0.0  # seconds it waited for a session to take it
+    # Pool wait and session setup phases, for the first message of a session only.
+    setup: dict[str, float] | None = None
     new_session: bool = False
 
 
@@ -124,49 +122,69 @@ class Batcher:
                 self._queues.pop(key, None)
 
     async def _serve(self, queue: _Queue, options: SessionOptions) -> bool:
-        """Hold one session while messages are queued. False: no session could be had."""
-        start = self._clock()
-        acquired = False
+        """Hold one session and stream queued messages through it until the queue is
+        empty. False: no session could be had."""
+        clock = self._clock
+        start = clock()
+        session: Session | None = None
+        inflight: dict[int, tuple[_Item, float]] = {}
         try:
             async with self._pool.session(options) as session:
-                acquired = True
-                waited = self._clock() - start
+                # The first message waited for the pool (and for setup, if new).
+                first = {"pool": clock() - start}
                 new = session.uses == 0
+                if new:
+                    first.update(session.timings)
+                host = session.host
+                taken = 0
+
+                def source() -> list[Outgoing]:
+                    # One at a time: the pipeline takes one message per flight, and what
+                    # this session does not take yet stays free for the other drainers.
+                    nonlocal taken
+                    if not _live(queue.pending):
+                        return []
+                    item = queue.pending.popleft()
+                    inflight[taken] = (item, clock())
+                    taken += 1
+                    return [item.message]
+
+                def on_result(index: int, result: TransactionResult) -> None:
+                    item, taken_at = inflight.pop(index)
+                    delivery = Delivery(
+                        result,
+                        host=host,
+                        in_session=True,
+                        queued=max(0.0, taken_at - item.queued_at),
+                        setup=first if index == 0 else None,
+                        new_session=new and index == 0,
+                    )
+                    _resolve(item, delivery)
+
                 while _live(queue.pending):
-                    batch = _take(queue.pending, MAX_BATCH)
-                    try:
-                        results = await session.send_many([i.message for i in batch])
-                    except BaseException as exc:
-                        error = _as_error(exc)
-                        partial = session.last_results
-                        for n, item in enumerate(batch):
-                            sent = partial[n].body_sent if n < len(partial) else True
-                            _resolve(
-                                item,
-                                Delivery(
-                                    error=error, host=session.host, in_session=True, body_sent=sent
-                                ),
-                            )
-                        raise
-                    for n, (item, result) in enumerate(zip(batch, results, strict=True)):
-                        timings = {"queue": start - item.queued_at, "pool": waited}
-                        if new:  # the whole first batch waited for the session's setup
-                            timings.update(session.timings)
-                        delivery = Delivery(
-                            result,
-                            host=session.host,
-                            in_session=True,
-                            timings=timings,
-                            new_session=new and n == 0,
-                        )
-                        _resolve(item, delivery)
-                    new, waited = False, 0.0
-        except MxpressError as exc:
-            if acquired:
-                return True  # the session broke; its batch has its errors; go on afresh
-            if queue.drainers == 1:  # no other drainer will serve these: try elsewhere
-                _fail_all(queue.pending, Delivery(error=exc))
-            return False
+                    await session.stream(source, on_result)
+        except BaseException as exc:
+            if session is None:  # no session: let the next server have a go
+                if isinstance(exc, MxpressError):
+                    if queue.drainers == 1:  # no other drainer will serve these
+                        _fail_all(queue.pending, Delivery(error=exc))
+                    return False
+                raise
+            # The session broke: each message in flight learns whether its body went out.
+            error = _as_error(exc)
+            sent = {i: r.body_sent for i, r in session.last_incomplete}
+            for index, (item, _) in inflight.items():
+                _resolve(
+                    item,
+                    Delivery(
+                        error=error,
+                        host=session.host,
+                        in_session=True,
+                        body_sent=sent.get(index, True),
+                    ),
+                )
+            if not isinstance(exc, MxpressError):
+                raise
         return True
 
     async def close(self) -> None:
@@ -187,15 +205,6 @@ def _live(pending: deque[_Item]) -> bool:
     while pending and pending[0].abandoned:
         pending.popleft()
     return bool(pending)
-
-
-def _take(pending: deque[_Item], limit: int) -> list[_Item]:
-    batch: list[_Item] = []
-    while pending and len(batch) < limit:
-        item = pending.popleft()
-        if not item.abandoned:
-            batch.append(item)
-    return batch
 
 
 def _resolve(item: _Item, delivery: Delivery) -> None:

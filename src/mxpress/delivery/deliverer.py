@@ -41,7 +41,9 @@ class _Part:
 
     message: Outgoing
     result: SendResult
-    errors: list[str]
+    # Failures met on the way ("host: reason"), for the final deferral's reason; None
+    # until the first (most parts never fail, and each list is one more object to track).
+    errors: list[str] | None = None
     retried: bool = False
 
 
@@ -88,7 +90,7 @@ class Deliverer:
                         outgoing.notify,
                     )
                 )
-                by_domain.setdefault(domain, []).append(_Part(message, result, []))
+                by_domain.setdefault(domain, []).append(_Part(message, result))
         if len(by_domain) == 1:
             ((domain, parts),) = by_domain.items()
             await self._deliver_domain(domain, parts)
@@ -119,7 +121,7 @@ class Deliverer:
             if not pending:
                 return
         for part in pending:
-            reason = "; ".join(part.errors[-3:]) or "no server could be reached"
+            reason = "; ".join((part.errors or [])[-3:]) or "no server could be reached"
             for rcpt in part.message.recipients:
                 part.result.recipients[rcpt] = RecipientResult(
                     rcpt, Outcome.DEFERRED, reason=f"all servers failed: {reason}"
@@ -140,7 +142,7 @@ class Deliverer:
                     assert delivery.result is not None
                     self._record(part, delivery)
                     continue
-                part.errors.append(f"{name}: {error}")
+                part.errors = [*(part.errors or []), f"{name}: {error}"]
                 if not delivery.in_session:
                     moved.append(part)  # no session here (setup failed, backoff, pool full)
                 elif delivery.body_sent or part.retried:
@@ -155,7 +157,10 @@ class Deliverer:
         tx = delivery.result
         assert tx is not None
         result, host = part.result, delivery.host
-        result.add_timings(delivery.timings)
+        timings = result.timings
+        timings["queue"] = timings.get("queue", 0.0) + delivery.queued
+        if delivery.setup:
+            result.add_timings(delivery.setup)
         result.add_timings(tx.timings)
         if delivery.new_session:
             result.new_sessions += 1

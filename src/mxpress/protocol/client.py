@@ -24,7 +24,7 @@ pipelined it) or not sent at all (lock-step); the engine then schedules an RSET.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -113,7 +113,9 @@ class _Txn:
 
     __slots__ = (
         "body_sent_at",
+        "completed",
         "data_reply_at",
+        "index",
         "mail_at",
         "mail_reply_at",
         "message",
@@ -123,7 +125,9 @@ class _Txn:
         "use_bdat",
     )
 
-    def __init__(self, message: Outgoing, use_bdat: bool) -> None:
+    def __init__(self, message: Outgoing, use_bdat: bool, index: int) -> None:
+        self.index = index
+        self.completed = False
         self.message = message
         self.result = TransactionResult(message.sender, dict.fromkeys(message.recipients))
         self.use_bdat = use_bdat
@@ -150,13 +154,23 @@ class TransactionEngine:
         needs_rset: bool = False,
         host: str | None = None,
         speculative_bdat_limit: int = SPECULATIVE_BDAT_LIMIT,
+        source: Callable[[], Sequence[Outgoing]] | None = None,
+        on_result: Callable[[int, TransactionResult], None] | None = None,
     ) -> None:
+        """`messages` are sent in order; then, while `source` returns more, those too (a
+        stream fed by independent senders). `on_result(index, result)` is called as each
+        message's fate is known; without it the engine keeps every result in `results`."""
         self._caps = capabilities
         self._host = host
         self._pipelining = capabilities.pipelining
         self._bdat_limit = speculative_bdat_limit if capabilities.chunking else -1
-        self._txns = [self._prepare(m) for m in messages]
-        self._next = 0  # index of the next message to start
+        self._source = source
+        self._on_result = on_result
+        self._count = 0  # messages taken so far: the next one's index
+        self._kept: list[_Txn] = []
+        self._open: dict[int, _Txn] = {}  # taken and not yet complete
+        self._waiting: deque[_Txn] = deque(self._prepare(m) for m in messages)
+        self._any_body_sent = False
         self._expect: deque[tuple[_Kind, _Txn | None, str]] = deque()
         self._out: list[bytes] = []
         self._needs_rset = needs_rset
@@ -180,7 +194,7 @@ class TransactionEngine:
     def body_sent(self) -> bool:
         """True once any message body (end of data or BDAT) has been written: from then on
         a broken connection may have delivered it, so a blind retry could duplicate it."""
-        return any(t.result.body_sent for t in self._txns)
+        return self._any_body_sent
 
     @property
     def phase(self) -> str:
@@ -189,7 +203,12 @@ class TransactionEngine:
 
     @property
     def results(self) -> list[TransactionResult]:
-        return [t.result for t in self._txns]
+        """Every message's result, in order (only when no `on_result` was given)."""
+        return [t.result for t in self._kept]
+
+    def incomplete(self) -> list[tuple[int, TransactionResult]]:
+        """Messages taken whose fate is not known (e.g. after the connection broke)."""
+        return [(t.index, t.result) for t in self._open.values()]
 
     def outgoing(self, now: float = 0.0) -> bytes:
         """The next flight to write (b"" when the engine waits for replies)."""
@@ -202,6 +221,7 @@ class TransactionEngine:
                 elif kind in (_Kind.END_OF_DATA, _Kind.BDAT) and not txn.result.body_sent:
                     txn.body_sent_at = now
                     txn.result.body_sent = True
+                    self._any_body_sent = True
         flight = b"".join(self._out)
         self._out.clear()
         return flight
@@ -233,6 +253,7 @@ class TransactionEngine:
                     self._lockstep_next()
             elif not self._pipelining:
                 self._fail(txn, "sender refused", reply, "mail")
+                self._complete(txn)
                 self._lockstep.clear()
                 self._start_next()
         elif kind is _Kind.RCPT:
@@ -248,13 +269,21 @@ class TransactionEngine:
         else:  # END_OF_DATA or BDAT LAST: the final reply
             self._finish(txn, reply, now)
             if kind is _Kind.BDAT or not self._pipelining:
-                self._advance()  # after DATA the next message already rode with the body
+                self._advance()
+            elif not self._expect and not self._out:
+                # After DATA the next message rode with the body; if there was none then,
+                # the source may have one now.
+                self._start_next()
 
     # -- planning -------------------------------------------------------------------
 
     def _prepare(self, message: Outgoing) -> _Txn:
         use_bdat = 0 <= len(message.data) <= self._bdat_limit
-        txn = _Txn(message, use_bdat)
+        txn = _Txn(message, use_bdat, self._count)
+        self._count += 1
+        self._open[txn.index] = txn
+        if self._on_result is None:
+            self._kept.append(txn)
         if not message.recipients:
             txn.result.error = LocalProtocolError("message has no recipients", host=self._host)
             return txn
@@ -306,16 +335,21 @@ class TransactionEngine:
 
     def _start_next(self) -> None:
         """Queue the next startable message (skipping ones that failed before sending)."""
-        while self._next < len(self._txns):
-            txn = self._txns[self._next]
-            self._next += 1
+        while True:
+            if not self._waiting and self._source is not None:
+                self._waiting.extend(self._prepare(m) for m in self._source())
+            if not self._waiting:
+                break
+            txn = self._waiting.popleft()
             if txn.result.error is not None:
+                self._complete(txn)
                 continue
             try:
                 cmds = self._commands(txn)
             except LocalProtocolError as exc:
                 exc.host = exc.host or self._host
                 txn.result.error = exc
+                self._complete(txn)
                 continue
             if self._needs_rset:
                 self._send(_Kind.RSET, commands.rset(), None, "")
@@ -354,6 +388,7 @@ class TransactionEngine:
         # Nobody accepted: don't send DATA; an RSET precedes the next MAIL.
         self._lockstep.clear()
         self._fail_no_recipients(txn)
+        self._complete(txn)
         self._start_next()
 
     # -- replies to DATA and end of data ------------------------------------------------
@@ -375,6 +410,7 @@ class TransactionEngine:
             self._fail(txn, "DATA refused", reply, "data")
         else:
             self._fail_no_recipients(txn)
+        self._complete(txn)
         self._advance()
 
     def _finish(self, txn: _Txn, reply: Reply, now: float) -> None:
@@ -396,6 +432,15 @@ class TransactionEngine:
             else:
                 self._fail_no_recipients(txn)
         self._record_timings(txn, now)
+        self._complete(txn)
+
+    def _complete(self, txn: _Txn) -> None:
+        if txn.completed:
+            return
+        txn.completed = True
+        del self._open[txn.index]
+        if self._on_result is not None:
+            self._on_result(txn.index, txn.result)
 
     def _fail(self, txn: _Txn, what: str, reply: Reply, phase: str) -> None:
         result = txn.result

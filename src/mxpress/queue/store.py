@@ -11,6 +11,7 @@ monotonic clock.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -118,7 +119,7 @@ class QueueStore(Protocol):
         """Store durably (fsync) and return the new message id."""
         ...
 
-    async def lease_due(self, now: float, limit: int, lease_seconds: float) -> list[Lease]:
+    async def lease_due(self, now: float, limit: int, lease_seconds: float) -> builtins.list[Lease]:
         """Up to `limit` active, unleased (or lease-expired) messages with recipients due
         at `now` (pending, or deferred with next_attempt <= now), oldest due first."""
         ...
@@ -133,7 +134,7 @@ class QueueStore(Protocol):
         ...
 
     async def get(self, message_id: str, *, with_data: bool = False) -> QueuedMessage | None: ...
-    async def list(self, where: QueueFilter) -> list[QueuedMessage]: ...
+    async def list(self, where: QueueFilter) -> builtins.list[QueuedMessage]: ...
     async def counts(self) -> QueueCounts: ...
     async def hold(self, message_id: str) -> bool: ...
     async def release_hold(self, message_id: str) -> bool: ...
@@ -143,8 +144,9 @@ class QueueStore(Protocol):
 
     async def delete(self, message_id: str) -> bool: ...
 
-    async def expired(self, now: float, max_age: float, bounce_max_age: float, limit: int
-                      ) -> list[QueuedMessage]:
+    async def expired(
+        self, now: float, max_age: float, bounce_max_age: float, limit: int
+    ) -> builtins.list[QueuedMessage]:
         """Active messages older than their lifetime (bounces have their own) that still
         have undelivered recipients: the caller bounces them (DSN) and records it."""
         ...

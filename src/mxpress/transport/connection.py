@@ -96,11 +96,6 @@ class _Receiver(asyncio.Protocol):
             waiter.set_result(None)
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
 class Connection:
     """One TCP connection to an SMTP server; plain until `start_tls`."""
 
@@ -110,6 +105,11 @@ class Connection:
         self._tls: TLSCodec | None = None
         self.peer = peer
         self.tls_info: TLSInfo | None = None
+        # One lazily re-armed timer per connection instead of a timer per read: a read
+        # sets a deadline; the timer, when it fires, expires the read only if the
+        # deadline has passed, else re-arms for it.
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def local_address(self) -> tuple[str, int] | None:
@@ -143,8 +143,8 @@ class Connection:
                 raise self._closed_error(phase)
             loop = asyncio.get_running_loop()
             waiter = receiver.waiter = loop.create_future()
-            # A bare timer is cheaper than asyncio.timeout() on this per-reply path.
-            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            if timeout is not None:
+                self._arm(loop, loop.time() + timeout)
             try:
                 await waiter
             except TimeoutError:
@@ -153,8 +153,7 @@ class Connection:
                 ) from None
             finally:
                 receiver.waiter = None
-                if timer is not None:
-                    timer.cancel()
+                self._deadline = None
             if not receiver.buffer:
                 raise self._closed_error(phase)
         buffer = receiver.buffer
@@ -176,6 +175,27 @@ class Connection:
             if closed:
                 raise self._closed_error(phase)
             self._tls.feed(await self._read_raw(timeout, phase))
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None and timer.when() <= deadline:
+            return  # fires first, then re-arms for this deadline
+        if timer is not None:
+            timer.cancel()
+        self._timer = loop.call_at(deadline, self._on_timer, loop)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return  # no read waiting: the timer stops here
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._on_timer, loop)
+            return
+        waiter = self._receiver.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
 
     def _closed_error(self, phase: str) -> ReadError:
         detail = f": {self._receiver.error}" if self._receiver.error else ""
@@ -238,10 +258,17 @@ class Connection:
         return not (r.eof or r.buffer or r.error or self._transport.is_closing())
 
     def close(self) -> None:
+        self._cancel_timer()
         self._transport.close()
 
     def abort(self) -> None:
+        self._cancel_timer()
         self._transport.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 async def open_connection(
