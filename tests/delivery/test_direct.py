@@ -137,3 +137,24 @@ async def test_relay_mode_with_auth(mail_lab: MailLab, tmp_path: object) -> None
     assert result.ok
     assert mail_lab.mx1_handler.wait_for_messages(1)[0].rcpt_tos == ["someone@elsewhere.test"]
     await asyncio.sleep(0)
+
+
+async def test_session_dropped_before_body_is_retried_once(mail_lab: MailLab) -> None:
+    handler = mail_lab.mx1_handler
+    drops = []
+
+    original = handler.handle_MAIL
+
+    async def drop_first(server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        if not drops:
+            drops.append(address)
+            server.transport.abort()  # a disconnect mid-transaction, before any body
+            return "421 4.4.2 dropped (lab)"
+        return await original(server, session, envelope, address, options)
+
+    handler.handle_MAIL = drop_first  # type: ignore[method-assign]
+    async with mailer(mail_lab) as m:
+        result = await m.send(MSG)
+    assert drops == ["app@sender.test"]
+    assert result.ok, result.recipients
+    assert len(handler.wait_for_messages(1)) == 1  # delivered exactly once

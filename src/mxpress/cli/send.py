@@ -1,19 +1,32 @@
-"""`mxpress send`: build (or read) a message and send it through one SMTP server."""
+"""`mxpress send`: one message (or a bulk file) through a server, or straight to the MX."""
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mxpress import app
+from mxpress.cli.bulk import load_bulk
 from mxpress.client.session import TLSMode, connect
+from mxpress.delivery.result import Outcome, SendResult
 from mxpress.errors import ConfigError, MxpressError
+from mxpress.mailer import Mailer
 from mxpress.message import build_message, to_bytes
 from mxpress.protocol.client import TransactionResult
+
+_RELAY_SCHEMES = {
+    TLSMode.OPPORTUNISTIC: "smtp",
+    TLSMode.REQUIRED: "smtp+starttls",
+    TLSMode.IMPLICIT: "smtps",
+    TLSMode.NONE: "smtp+plain",
+}
 
 
 def parse_server(value: str) -> tuple[str, int]:
@@ -30,11 +43,16 @@ def parse_server(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _send(
+def _fail(reason: object, code: int = 1) -> None:
+    click.echo(f"mxpress send: {reason}", err=True)
+    sys.exit(code)
+
+
+async def _send_via_server(
     host: str,
     port: int,
-    tls: TLSMode,
-    insecure: bool,
+    mode: TLSMode,
+    verify: bool,
     cafile: str | None,
     user: str | None,
     password: str | None,
@@ -46,8 +64,8 @@ async def _send(
     session = await connect(
         host,
         port,
-        tls=tls,
-        verify=not insecure,
+        tls=mode,
+        verify=verify,
         cafile=cafile,
         username=user,
         password=password,
@@ -59,12 +77,125 @@ async def _send(
         if session.tls_info:
             resumed = ", resumed" if session.tls_info.resumed else ""
             tls_text = f"{session.tls_info.version} {session.tls_info.cipher}{resumed}"
-        timings = dict(session.timings)
-        return results[0], timings, tls_text
+        return results[0], dict(session.timings), tls_text
+
+
+def _print_session_result(
+    console: Console,
+    where: str,
+    recipients: Sequence[str],
+    result: TransactionResult,
+    timings: dict[str, float],
+    tls_text: str,
+) -> None:
+    table = Table("recipient", "result", "reply", title=f"{where} (TLS: {tls_text})")
+    for rcpt in recipients:
+        reply = result.reply_for(rcpt)
+        table.add_row(
+            rcpt,
+            "[green]accepted[/]" if rcpt in result.accepted else "[red]refused[/]",
+            str(reply) if reply else "not tried",
+        )
+    console.print(table)
+    phases = {**timings, **result.timings}
+    console.print("phases: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in phases.items()))
+    if result.error is not None:
+        _fail(result.error)
+    if result.rejected:
+        _fail(f"delivered in part; refused: {', '.join(result.rejected)}", 2)
+
+
+def _print_send_result(console: Console, result: SendResult) -> None:
+    table = Table("recipient", "result", "server", "reply / reason", title="direct delivery")
+    colour = {Outcome.DELIVERED: "green", Outcome.DEFERRED: "yellow", Outcome.BOUNCED: "red"}
+    for rcpt, r in result.recipients.items():
+        table.add_row(
+            rcpt,
+            f"[{colour[r.outcome]}]{r.outcome.value}[/]",
+            r.host or "-",
+            str(r.reply) if r.outcome is Outcome.DELIVERED else r.reason,
+        )
+    console.print(table)
+    console.print(
+        "phases: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in result.timings.items())
+    )
+    if not result.accepted:
+        _fail("nothing was delivered: " + "; ".join(r.reason for r in result.recipients.values()))
+    if not result.ok:
+        _fail(
+            f"delivered in part; not delivered: {', '.join(result.rejected | result.deferred)}", 2
+        )
+
+
+def _mailer(
+    server: str | None,
+    mode: TLSMode,
+    verify: bool | None,
+    cafile: str | None,
+    user: str | None,
+    password: str | None,
+    nameservers: Sequence[str],
+    port: int,
+    timeout: float,
+    connections: int,
+) -> Mailer:
+    if server is None:
+        return Mailer(
+            nameservers=list(nameservers) or None,
+            port=port,
+            tls=mode,
+            verify=verify,
+            cafile=cafile,
+            timeout=timeout,
+            max_per_destination=connections,
+        )
+    host, sport = parse_server(server)
+    auth = ""
+    if user is not None:
+        from urllib.parse import quote
+
+        auth = f"{quote(user, safe='')}:{quote(password or '', safe='')}@"
+    where = f"[{host}]" if ":" in host else host
+    relay = f"{_RELAY_SCHEMES[mode]}://{auth}{where}:{sport}"
+    return Mailer(
+        relay, verify=verify, cafile=cafile, timeout=timeout, max_per_destination=connections
+    )
+
+
+async def _bulk(mailer: Mailer, messages: list[bytes], console: Console) -> list[SendResult]:
+    results: list[SendResult] = []
+    columns = (TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    async with mailer:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("send", total=len(messages))
+            step = 500
+            for start in range(0, len(messages), step):
+                chunk = messages[start : start + step]
+                results += await mailer.send_many(chunk, concurrency=200)
+                progress.advance(task, len(chunk))
+    return results
+
+
+def _print_bulk_summary(console: Console, results: list[SendResult], elapsed: float) -> None:
+    sent = sum(len(r.accepted) for r in results)
+    refused = sum(len(r.rejected) for r in results) + sum(1 for r in results if r.error)
+    deferred = sum(len(r.deferred) for r in results)
+    table = Table("messages", "sent", "refused", "deferred", "seconds", "msgs/s", title="bulk send")
+    rate = len(results) / elapsed if elapsed else 0.0
+    table.add_row(
+        str(len(results)), str(sent), str(refused), str(deferred), f"{elapsed:.2f}", f"{rate:,.0f}"
+    )
+    console.print(table)
+    failures = [r for r in results if r.error or not r.ok][:5]
+    for r in failures:
+        reason = r.error or "; ".join(str(x) for x in (r.rejected | r.deferred).values())
+        console.print(f"  [red]{r.sender or '?'}[/]: {reason}")
+    if refused or deferred:
+        sys.exit(2)
 
 
 @click.command(name="send")
-@click.option("--server", required=True, help="SMTP server as HOST:PORT.")
+@click.option("--server", help="SMTP server HOST:PORT; without it, mail goes to each MX.")
 @click.option("--starttls", "tls", flag_value="required", help="Require STARTTLS.")
 @click.option("--tls", "tls", flag_value="implicit", help="Implicit TLS (port 465).")
 @click.option("--no-tls", "tls", flag_value="none", help="Never use TLS.")
@@ -72,75 +203,107 @@ async def _send(
 @click.option("--cafile", type=click.Path(exists=True, dir_okay=False), help="CA bundle (PEM).")
 @click.option("--user", help="Username for AUTH.")
 @click.option("--password", help="Password for AUTH.")
-@click.option("--from", "sender", required=True, help="Envelope sender and From header.")
-@click.option("--to", "recipients", multiple=True, required=True, help="Recipient (repeatable).")
+@click.option("--from", "sender", help="Envelope sender and From header.")
+@click.option("--to", "recipients", multiple=True, help="Recipient (repeatable).")
 @click.option("--subject", default="", help="Subject (Unicode welcome).")
 @click.option("--body", help="Plain-text body.")
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False), help="A .eml file.")
+@click.option(
+    "--bulk",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Send many: a .csv (from,to,subject,body) or .jsonl file.",
+)
+@click.option(
+    "--nameserver",
+    "nameservers",
+    multiple=True,
+    help="DNS server IP[:PORT] for MX lookups (direct delivery).",
+)
+@click.option("--port", default=25, show_default=True, help="MX port (direct delivery).")
+@click.option("--connections", default=10, show_default=True, help="Sessions per server.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds allowed per phase.")
 def send_command(
-    server: str,
+    server: str | None,
     tls: str | None,
     insecure: bool,
     cafile: str | None,
     user: str | None,
     password: str | None,
-    sender: str,
+    sender: str | None,
     recipients: tuple[str, ...],
     subject: str,
     body: str | None,
     file: str | None,
+    bulk: str | None,
+    nameservers: tuple[str, ...],
+    port: int,
+    connections: int,
     timeout: float,
 ) -> None:
-    """Send one message through an SMTP server and print each recipient's result."""
+    """Send a message (or --bulk many) and print what happened to each recipient."""
     console = Console(highlight=False)
     try:
-        host, port = parse_server(server)
-        if (body is None) == (file is None):
-            raise ConfigError("give exactly one of --body TEXT or --file MSG.eml")
         if (user is None) != (password is None):
             raise ConfigError("--user and --password go together")
+        if server is not None:
+            parse_server(server)  # a bad --server is reported before anything else
+        mode = TLSMode.parse(tls or "opportunistic")
+        verify = False if insecure else None
+        if bulk is not None:
+            messages = load_bulk(Path(bulk))
+            mailer = _mailer(
+                server,
+                mode,
+                verify,
+                cafile,
+                user,
+                password,
+                nameservers,
+                port,
+                timeout,
+                connections,
+            )
+            start = time.perf_counter()
+            results = app.run(_bulk(mailer, messages, console))
+            _print_bulk_summary(console, results, time.perf_counter() - start)
+            return
+        if sender is None or not recipients:
+            raise ConfigError("give --from and at least one --to (or --bulk FILE)")
+        if (body is None) == (file is None):
+            raise ConfigError("give exactly one of --body TEXT or --file MSG.eml")
         if file is not None:
             data = Path(file).read_bytes()
         else:
             data = to_bytes(
                 build_message(sender, list(recipients), subject=subject, text=body or "")
             )
-        mode = TLSMode.parse(tls or "opportunistic")
-        result, timings, tls_text = app.run(
-            _send(
-                host,
-                port,
-                mode,
-                insecure,
-                cafile,
-                user,
-                password,
-                sender,
-                list(recipients),
-                data,
-                timeout,
+        if server is not None:
+            host, sport = parse_server(server)
+            outcome = app.run(
+                _send_via_server(
+                    host,
+                    sport,
+                    mode,
+                    not insecure,
+                    cafile,
+                    user,
+                    password,
+                    sender,
+                    list(recipients),
+                    data,
+                    timeout,
+                )
             )
+            _print_session_result(console, f"{host}:{sport}", recipients, *outcome)
+            return
+        mailer = _mailer(
+            None, mode, verify, cafile, user, password, nameservers, port, timeout, connections
         )
+
+        async def direct() -> SendResult:
+            async with mailer:
+                return await mailer.send(data, sender=sender, recipients=list(recipients))
+
+        _print_send_result(console, app.run(direct()))
     except (MxpressError, OSError) as exc:
-        click.echo(f"mxpress send: {exc}", err=True)
-        sys.exit(1)
-    table = Table("recipient", "result", "reply", title=f"{host}:{port} (TLS: {tls_text})")
-    for rcpt in recipients:
-        reply = result.reply_for(rcpt)
-        delivered = rcpt in result.accepted
-        table.add_row(
-            rcpt,
-            "[green]accepted[/]" if delivered else "[red]refused[/]",
-            str(reply) if reply else "not tried",
-        )
-    console.print(table)
-    phases = {**timings, **result.timings}
-    console.print("phases: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in phases.items()))
-    if result.error is not None:
-        click.echo(f"mxpress send: {result.error}", err=True)
-        sys.exit(1)
-    if result.rejected:
-        refused = ", ".join(result.rejected)
-        click.echo(f"mxpress send: delivered in part; refused: {refused}", err=True)
-        sys.exit(2)
+        _fail(exc)

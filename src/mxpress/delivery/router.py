@@ -21,11 +21,13 @@ _SCHEMES = {
     "smtp": (TLSMode.OPPORTUNISTIC, 25),
     "smtp+starttls": (TLSMode.REQUIRED, 587),
     "smtps": (TLSMode.IMPLICIT, 465),
+    "smtp+plain": (TLSMode.NONE, 25),  # never STARTTLS: a trusted local relay
 }
 
 
 def parse_relay(url: str, *, base: SessionOptions) -> SessionOptions:
-    """`smtp://user:pass@host:port`, `smtp+starttls://...` (TLS required), `smtps://...`."""
+    """`smtp://user:pass@host:port` (STARTTLS when offered), `smtp+starttls://...` (TLS
+    required), `smtps://...` (implicit TLS), `smtp+plain://...` (never TLS)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -33,7 +35,8 @@ def parse_relay(url: str, *, base: SessionOptions) -> SessionOptions:
         raise ConfigError(f"relay URL {url!r} is malformed: {exc}") from None
     if parts.scheme not in _SCHEMES:
         raise ConfigError(
-            f"relay URL must start with smtp://, smtp+starttls:// or smtps://; got {url!r}"
+            "relay URL must start with smtp://, smtp+starttls://, smtps:// or smtp+plain://; "
+            f"got {url!r}"
         )
     if not parts.hostname:
         raise ConfigError(f"relay URL {url!r} has no host")
