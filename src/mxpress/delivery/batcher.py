@@ -98,7 +98,10 @@ class Batcher:
         group = _Group(len(messages), loop.create_future())
         now = self._clock()
         queue.pending.extend(_Item(m, group, i, now) for i, m in enumerate(messages))
-        limit = min(self._pool.max_per_destination, len(queue.pending))
+        # A drainer sends one message per round trip: a message that finds every drainer
+        # busy would wait a round trip for one, so each new message may bring a drainer
+        # (up to the pool's per-destination limit; the pool reuses idle sessions first).
+        limit = min(self._pool.max_per_destination, queue.drainers + len(messages))
         while queue.drainers < limit:
             queue.drainers += 1
             task = loop.create_task(self._drain(key, queue, options))
