@@ -196,3 +196,11 @@ def error_for_reply(
     """Build the transient or permanent error that fits the reply's code class."""
     cls = PermanentDeliveryError if reply.code >= 500 else TransientDeliveryError
     return cls(message, host=host, phase=phase, reply=reply, recipients=recipients)
+
+
+# --- queue -----------------------------------------------------------------------
+
+
+class QueueError(MxpressError):
+    """The durable queue refused or failed an operation: bad input, an unknown message, a
+    lost lease, or the database itself (busy, full, unreadable). Nothing was half-stored."""

@@ -145,8 +145,15 @@ class QueueStore(Protocol):
     async def delete(self, message_id: str) -> bool: ...
 
     async def expired(
-        self, now: float, max_age: float, bounce_max_age: float, limit: int
-    ) -> builtins.list[QueuedMessage]:
-        """Active messages older than their lifetime (bounces have their own) that still
-        have undelivered recipients: the caller bounces them (DSN) and records it."""
+        self,
+        now: float,
+        max_age: float,
+        bounce_max_age: float,
+        limit: int,
+        lease_seconds: float = 300.0,
+    ) -> builtins.list[Lease]:
+        """Lease active messages older than their lifetime (bounces have their own) that
+        still have undelivered recipients, with all of those recipients and the body:
+        the caller bounces them (DSN) and `record`s that with the lease. Leased, so that
+        no worker delivers a recipient while the sweeper bounces it."""
         ...
