@@ -36,12 +36,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import dns.resolver  # noqa: E402
-import uvloop  # noqa: E402
+import dns.resolver
+import uvloop
+from tests.lab.servers import free_port, make_test_ca, postfix_smtpd
 
-import mxpress  # noqa: E402
-from mxpress.transport.connection import Connection  # noqa: E402
-from tests.lab.servers import free_port, make_test_ca, postfix_smtpd  # noqa: E402
+import mxpress
+from mxpress.transport.connection import Connection
 
 DOMAIN = "bench.test"
 MX = "mx.bench.test"
@@ -61,9 +61,10 @@ def lab_main(port: int, smtpd_port: int, rtt: float, dns_delay: float, conn: Any
     from wanproxy import WanProxy
 
     async def run() -> None:
-        async with FakeDNSServer() as server, WanProxy(
-            listen=(PROXY_HOST, port), target=("127.0.0.2", smtpd_port), rtt=rtt
-        ) as proxy:
+        async with (
+            FakeDNSServer() as server,
+            WanProxy(listen=(PROXY_HOST, port), target=("127.0.0.2", smtpd_port), rtt=rtt) as proxy,
+        ):
             server.add(DOMAIN, "MX", f"10 {MX}")
             server.add(MX, "A", PROXY_HOST)
             server.fault(delay=dns_delay)
@@ -139,8 +140,9 @@ def naive_one(lab: Lab, port: int, ctx: ssl.SSLContext) -> None:
         client.sendmail(SENDER, ["user@bench.test"], DATA)
 
 
-def run_naive(lab: Lab, port: int, ctx: ssl.SSLContext, concurrency: int, count: int
-              ) -> tuple[float, list[float], int]:
+def run_naive(
+    lab: Lab, port: int, ctx: ssl.SSLContext, concurrency: int, count: int
+) -> tuple[float, list[float], int]:
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -156,7 +158,7 @@ def run_naive(lab: Lab, port: int, ctx: ssl.SSLContext, concurrency: int, count:
             t = time.perf_counter()
             try:
                 naive_one(lab, port, ctx)
-            except Exception:  # noqa: BLE001 - counted, reported
+            except Exception:
                 with lock:
                     errors += 1
                 continue
@@ -172,8 +174,9 @@ def run_naive(lab: Lab, port: int, ctx: ssl.SSLContext, concurrency: int, count:
     return time.perf_counter() - start, latencies, errors
 
 
-async def run_mailer(mailer: mxpress.Mailer, concurrency: int, count: int
-                     ) -> tuple[float, list[float], int]:
+async def run_mailer(
+    mailer: mxpress.Mailer, concurrency: int, count: int
+) -> tuple[float, list[float], int]:
     latencies: list[float] = []
     errors = 0
     remaining = count
@@ -194,13 +197,23 @@ async def run_mailer(mailer: mxpress.Mailer, concurrency: int, count: int
     return time.perf_counter() - start, latencies, errors
 
 
-def row(name: str, conc: int, elapsed: float, lat: list[float], errors: int, rtt: float,
-        connects: int, tls: str) -> str:
+def row(
+    name: str,
+    conc: int,
+    elapsed: float,
+    lat: list[float],
+    errors: int,
+    rtt: float,
+    connects: int,
+    tls: str,
+) -> str:
     n = len(lat)
     p50 = statistics.median(lat) if lat else float("nan")
     p99 = sorted(lat)[min(n - 1, int(n * 0.99))] if lat else float("nan")
-    return (f"| {name} | {conc} | {n} | {n / elapsed:,.1f} | {p50 * 1e3:.0f} ({p50 / rtt:.1f} RTT) "
-            f"| {p99 * 1e3:.0f} | {errors} | {connects} | {tls} |")
+    return (
+        f"| {name} | {conc} | {n} | {n / elapsed:,.1f} | {p50 * 1e3:.0f} ({p50 / rtt:.1f} RTT) "
+        f"| {p99 * 1e3:.0f} | {errors} | {connects} | {tls} |"
+    )
 
 
 async def handshake_cost(port: int, cafile: str, rtt: float, version: ssl.TLSVersion) -> str:
@@ -209,15 +222,24 @@ async def handshake_cost(port: int, cafile: str, rtt: float, version: ssl.TLSVer
     ctx.maximum_version = version  # the store hands this same context to every session
     costs = []
     for _ in range(2):
-        session = await mxpress.connect(PROXY_HOST, port, tls="required", cafile=cafile,
-                                        server_hostname=MX, tls_sessions=store, timeout=30)
+        session = await mxpress.connect(
+            PROXY_HOST,
+            port,
+            tls="required",
+            cafile=cafile,
+            server_hostname=MX,
+            tls_sessions=store,
+            timeout=30,
+        )
         costs.append((session.timings["tls"], session.tls_resumed, session.tls_info))
         await session.quit()
     (full, r0, info), (resumed, r1, _) = costs
     assert not r0 and r1, "expected a full handshake, then a resumed one"
     name = info.version if info else "?"
-    return (f"| {name} | {full * 1e3:.1f} ({full / rtt:.2f} RTT) | {resumed * 1e3:.1f} "
-            f"({resumed / rtt:.2f} RTT) | {(full - resumed) / rtt:.2f} RTT |")
+    return (
+        f"| {name} | {full * 1e3:.1f} ({full / rtt:.2f} RTT) | {resumed * 1e3:.1f} "
+        f"({resumed / rtt:.2f} RTT) | {(full - resumed) / rtt:.2f} RTT |"
+    )
 
 
 def main() -> None:
@@ -235,8 +257,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mxpress-ba-") as tmp:
         ca = make_test_ca(Path(tmp) / "ca", extra_names=[MX, PROXY_HOST])
         port = free_port(PROXY_HOST)
-        with postfix_smtpd("127.0.0.2", port, tls_cert=ca.cert_pem, tls_key=ca.key_pem,
-                           workdir=Path(tmp), hostname=MX, max_connections=400) as smtpd:
+        with postfix_smtpd(
+            "127.0.0.2",
+            port,
+            tls_cert=ca.cert_pem,
+            tls_key=ca.key_pem,
+            workdir=Path(tmp),
+            hostname=MX,
+            max_connections=400,
+        ) as smtpd:
             lab = Lab(port, smtpd.port, rtt, dns_delay)
             try:
                 ctx = ssl.create_default_context(cafile=str(ca.ca_pem))
@@ -246,15 +275,29 @@ def main() -> None:
                     before = lab.stats()["connects"]
                     elapsed, lat, err = run_naive(lab, port, ctx, conc, naive_counts.get(conc, 100))
                     connects = lab.stats()["connects"] - before
-                    rows.append(row("naive (smtplib, fresh DNS)", conc, elapsed, lat, err, rtt,
-                                    connects, f"{connects} full / 0 resumed"))
+                    rows.append(
+                        row(
+                            "naive (smtplib, fresh DNS)",
+                            conc,
+                            elapsed,
+                            lat,
+                            err,
+                            rtt,
+                            connects,
+                            f"{connects} full / 0 resumed",
+                        )
+                    )
                     print(rows[-1], file=sys.stderr)
 
                     async def mailer_level(conc: int = conc) -> tuple[Any, ...]:
                         async with mxpress.Mailer(
-                            nameservers=[lab.dns_address], port=port, tls="required",
-                            cafile=str(ca.ca_pem), max_per_destination=max(conc, 1),
-                            max_connections=max(conc, 1), timeout=30,
+                            nameservers=[lab.dns_address],
+                            port=port,
+                            tls="required",
+                            cafile=str(ca.ca_pem),
+                            max_per_destination=max(conc, 1),
+                            max_connections=max(conc, 1),
+                            timeout=30,
                         ) as mailer:
                             # Warm-up: one send fills the DNS cache and opens one session.
                             await mailer.send(DATA)
@@ -265,8 +308,18 @@ def main() -> None:
                     elapsed, lat, err = uvloop.run(mailer_level())
                     connects = lab.stats()["connects"] - before
                     full, resumed = tls_count.take()
-                    rows.append(row("mxpress Mailer (warm)", conc, elapsed, lat, err, rtt,
-                                    connects, f"{full} full / {resumed} resumed"))
+                    rows.append(
+                        row(
+                            "mxpress Mailer (warm)",
+                            conc,
+                            elapsed,
+                            lat,
+                            err,
+                            rtt,
+                            connects,
+                            f"{full} full / {resumed} resumed",
+                        )
+                    )
                     print(rows[-1], file=sys.stderr)
                 handshakes = [
                     uvloop.run(handshake_cost(port, str(ca.ca_pem), rtt, v))
@@ -275,10 +328,14 @@ def main() -> None:
             finally:
                 lab.stop()
 
-    print(f"\nWAN {args.rtt_ms:.0f} ms RTT, STARTTLS to Postfix smtpd, DNS answers in "
-          f"{args.dns_delay_ms:.0f} ms")
-    print("| client | senders | messages | msgs/s | p50 ms | p99 ms | errors | TCP connects "
-          "| TLS handshakes |")
+    print(
+        f"\nWAN {args.rtt_ms:.0f} ms RTT, STARTTLS to Postfix smtpd, DNS answers in "
+        f"{args.dns_delay_ms:.0f} ms"
+    )
+    print(
+        "| client | senders | messages | msgs/s | p50 ms | p99 ms | errors | TCP connects "
+        "| TLS handshakes |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         print(r)
