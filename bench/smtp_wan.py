@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiosmtplib
 import uvloop
 from tests.lab.servers import postfix_smtpd, smtp_sink
-from wanproxy import WanProxy
 
 import mxpress
+from wanproxy import WanProxy
 
 SENDER = "bench@mxpress.test"
 RCPT = "user@example.test"
