@@ -202,5 +202,5 @@ def error_for_reply(
 
 
 class QueueError(MxpressError):
-    """The durable queue refused or failed an operation: bad input, an unknown message, a
-    lost lease, or the database itself (busy, full, unreadable). Nothing was half-stored."""
+    """The durable queue refused or failed an operation: bad input, a message that is
+    gone, or the database itself (busy, full, unreadable). Nothing was half-stored."""

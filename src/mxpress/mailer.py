@@ -99,6 +99,10 @@ class Mailer:
         from_, rcpts, data = envelope_of(message, sender=sender, recipients=recipients)
         return await self._deliverer.deliver(Outgoing(from_, rcpts, data))
 
+    async def deliver(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
+        """Send messages whose envelope is already known (the relay's queue uses this)."""
+        return await self._deliverer.deliver_many(outgoings)
+
     async def send_many(
         self, messages: Iterable[Message], *, concurrency: int = 100
     ) -> list[SendResult]:

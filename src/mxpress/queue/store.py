@@ -129,8 +129,10 @@ class QueueStore(Protocol):
         updated message (state DONE when no recipient is left to deliver)."""
         ...
 
-    async def release(self, lease: Lease) -> None:
-        """Give a lease back without an attempt (e.g. shutting down)."""
+    async def release(self, lease: Lease, *, retry_at: float | None = None) -> None:
+        """Give a lease back without an attempt (shutting down, or the destination is
+        busy). With `retry_at`, its recipients are not due before then (attempts unchanged).
+        """
         ...
 
     async def get(self, message_id: str, *, with_data: bool = False) -> QueuedMessage | None: ...

@@ -1,0 +1,301 @@
+"""The relay's delivery loop: due messages from the queue → the Mailer → outcomes back.
+
+- Pages due messages in (`lease_due`, a bounded batch at a time): the queue can hold
+  millions, memory holds only what is being delivered.
+- At most `concurrency` messages in flight, and at most `per_domain` for one recipient
+  domain: a message for a saturated domain goes back to the queue for a short while
+  instead of holding a slot, so a slow destination never holds up the others (a dead one
+  fails fast anyway: connect backoff in the pool).
+- Per recipient: delivered; deferred with the retry policy's next time; bounced on a 5xx
+  or once the queue lifetime is over, with an RFC 3464 DSN to the sender (never to `<>`,
+  never for a bounce). The DSN is queued before the outcome is recorded: a crash between
+  the two may send a DSN twice, never zero times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mxpress.delivery.bounce import FailedRecipient, build_dsn, should_bounce, status_for
+from mxpress.delivery.result import Outcome, RecipientResult, SendResult
+from mxpress.delivery.router import domain_of
+from mxpress.errors import MxpressError
+from mxpress.mailer import Mailer
+from mxpress.protocol.client import Outgoing
+from mxpress.queue.retry import RetryPolicy
+from mxpress.queue.store import (
+    AttemptOutcome,
+    Lease,
+    NewMessage,
+    QueuedMessage,
+    QueueStore,
+    RecipientState,
+)
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+# Called after each attempt with the message, the attempt's result and the outcomes.
+Observer = Callable[[QueuedMessage, SendResult, Sequence[AttemptOutcome]], None]
+
+
+@dataclass
+class SchedulerStats:
+    attempts: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    dsn_sent: int = 0
+    parked: int = 0  # messages put back because their domain was saturated
+    errors: int = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: QueueStore,
+        mailer: Mailer,
+        policy: RetryPolicy,
+        *,
+        hostname: str,
+        concurrency: int = 500,
+        per_domain: int = 100,
+        lease_seconds: float = 600.0,
+        poll_interval: float = 1.0,
+        batch: int = 200,
+        park_seconds: float = 5.0,
+        expiry_interval: float = 60.0,
+        clock: Clock = time.time,
+        observer: Observer | None = None,
+    ) -> None:
+        self._store = store
+        self._mailer = mailer
+        self._policy = policy
+        self._hostname = hostname
+        self._concurrency = concurrency
+        self._per_domain = per_domain
+        self._lease_seconds = lease_seconds
+        self._poll = poll_interval
+        self._batch = batch
+        self._park = park_seconds
+        self._expiry_interval = expiry_interval
+        self._clock = clock
+        self._observer = observer
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._by_domain: Counter[str] = Counter()
+        self._runner: asyncio.Task[None] | None = None
+        self.stats = SchedulerStats()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    def wake(self) -> None:
+        """New mail arrived (or was released): look for due messages now."""
+        self._wake.set()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Lease nothing more; let deliveries in flight finish (up to `grace`), then give
+        the rest back to the queue: their leases are released, nothing is lost."""
+        self._stopping = True
+        self._wake.set()
+        if self._runner is not None:
+            await self._runner
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        next_expiry = 0.0
+        while not self._stopping:
+            self._wake.clear()
+            leased = 0
+            try:
+                now = self._clock()
+                if now >= next_expiry:
+                    await self._expire(now)
+                    next_expiry = now + self._expiry_interval
+                room = self._concurrency - len(self._tasks)
+                if room > 0:
+                    leases = await self._store.lease_due(
+                        now, min(room, self._batch), self._lease_seconds
+                    )
+                    leased = len(leases)
+                    for lease in leases:
+                        await self._dispatch(lease, now)
+            except MxpressError as exc:  # e.g. the store is briefly unavailable
+                self.stats.errors += 1
+                logger.error("scheduler: %s", exc)
+            if leased and len(self._tasks) < self._concurrency:
+                continue  # there may be more due right now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+
+    async def _dispatch(self, lease: Lease, now: float) -> None:
+        domain = _domain(lease.message)
+        if self._by_domain[domain] >= self._per_domain:
+            self.stats.parked += 1
+            await self._store.release(lease, retry_at=now + self._park)
+            return
+        self._by_domain[domain] += 1
+        task = asyncio.get_running_loop().create_task(self._deliver(lease, domain))
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._by_domain[domain] -= 1
+            if not self._by_domain[domain]:
+                del self._by_domain[domain]
+            self._wake.set()  # a slot is free
+
+        task.add_done_callback(done)
+
+    # -- one attempt ----------------------------------------------------------------------
+
+    async def _deliver(self, lease: Lease, domain: str) -> None:
+        message = lease.message
+        try:
+            rcpts = [r.recipient for r in message.recipients]
+            assert message.data is not None, "a lease carries the message data"
+            [result] = await self._mailer.deliver([Outgoing(message.sender, rcpts, message.data)])
+            outcomes = self._outcomes(message, result)
+            await self._bounce_if_needed(message, outcomes, result)
+            await self._store.record(lease, outcomes)
+            self.stats.attempts += 1
+            if self._observer is not None:
+                self._observer(message, result, outcomes)
+        except asyncio.CancelledError:
+            # Shutting down: give the lease back so another run delivers it (if the attempt
+            # went out already, that may deliver twice: at least once, never zero times).
+            await asyncio.shield(self._store.release(lease))
+            raise
+        except Exception as exc:
+            self.stats.errors += 1
+            logger.exception("delivery of %s failed: %s", message.id, exc)
+            await self._store.release(lease, retry_at=self._clock() + self._park)
+
+    def _outcomes(self, message: QueuedMessage, result: SendResult) -> list[AttemptOutcome]:
+        now = self._clock()
+        expired = self._policy.expired(message.created_at, now, message.is_bounce)
+        outcomes = []
+        for status in message.recipients:
+            r = result.recipients.get(status.recipient) or RecipientResult(
+                status.recipient, Outcome.DEFERRED, reason="not attempted"
+            )
+            reply = (
+                str(r.reply)
+                if r.reply is not None and r.outcome is not Outcome.DEFERRED
+                else (r.reason or str(r.reply or ""))
+            )
+            if r.outcome is Outcome.DELIVERED:
+                self.stats.delivered += 1
+                outcomes.append(
+                    AttemptOutcome(status.recipient, RecipientState.DELIVERED, reply, r.host or "")
+                )
+            elif r.outcome is Outcome.BOUNCED or expired:
+                self.stats.bounced += 1
+                why = reply if r.outcome is Outcome.BOUNCED else f"expired in queue: {reply}"
+                outcomes.append(
+                    AttemptOutcome(status.recipient, RecipientState.BOUNCED, why, r.host or "")
+                )
+            else:
+                self.stats.deferred += 1
+                delay = self._policy.next_delay(status.attempts + 1)
+                outcomes.append(
+                    AttemptOutcome(
+                        status.recipient,
+                        RecipientState.DEFERRED,
+                        reply,
+                        r.host or "",
+                        next_attempt=now + delay,
+                    )
+                )
+        return outcomes
+
+    async def _bounce_if_needed(
+        self, message: QueuedMessage, outcomes: Sequence[AttemptOutcome], result: SendResult
+    ) -> None:
+        bounced = [o for o in outcomes if o.state is RecipientState.BOUNCED]
+        if not bounced or not should_bounce(message.sender, message.is_bounce):
+            return
+        now = self._clock()
+        failed = []
+        for o in bounced:
+            r = result.recipients.get(o.recipient)
+            reply = r.reply if r is not None else None
+            expired = r is None or r.outcome is not Outcome.BOUNCED
+            status = status_for(
+                reply.code if reply else None, reply.enhanced if reply else None, expired=expired
+            )
+            if expired and status.startswith("4"):
+                status = "4.4.7"  # still failing when the lifetime ran out
+            failed.append(FailedRecipient(o.recipient, status, o.reply, o.host, last_attempt=now))
+        await self._send_dsn(message, failed)
+
+    async def _send_dsn(self, message: QueuedMessage, failed: Sequence[FailedRecipient]) -> None:
+        assert message.data is not None
+        dsn = build_dsn(
+            reporting_mta=self._hostname,
+            original_sender=message.sender,
+            original_data=message.data,
+            failed=failed,
+            arrival=message.created_at,
+            envid=message.envid,
+        )
+        await self._store.enqueue(
+            NewMessage("", [message.sender], dsn, is_bounce=True, origin=f"dsn:{message.id}")
+        )
+        self.stats.dsn_sent += 1
+        self.wake()
+
+    async def _expire(self, now: float) -> None:
+        """Messages past their lifetime that are not being retried (e.g. far-off next
+        attempt): the store bounces them; we tell the senders."""
+        leases = await self._store.expired(
+            now,
+            self._policy.max_queue_lifetime,
+            self._policy.bounce_queue_lifetime,
+            self._batch,
+        )
+        for lease in leases:
+            message = lease.message
+            self.stats.bounced += len(message.recipients)
+            if should_bounce(message.sender, message.is_bounce):
+                failed = [
+                    FailedRecipient(
+                        r.recipient,
+                        "4.4.7",
+                        f"expired in queue after {r.attempts} attempts: {r.last_reply}",
+                        r.last_host,
+                        last_attempt=r.updated_at or None,
+                    )
+                    for r in message.recipients
+                ]
+                await self._send_dsn(message, failed)
+
+
+def _domain(message: QueuedMessage) -> str:
+    for r in message.recipients:
+        try:
+            return domain_of(r.recipient)
+        except MxpressError:
+            continue
+    return ""

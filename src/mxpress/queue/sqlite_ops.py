@@ -1,0 +1,325 @@
+"""The SQL of the queue's writes, as plain functions of a connection.
+
+They run in the writer thread inside the group transaction, each in its own savepoint,
+and never commit. See sqlite_schema.py for the meaning of `next_due` and the leases.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Sequence
+
+from mxpress.errors import QueueError
+from mxpress.queue import sqlite_reads as reads
+from mxpress.queue.retry import RetryPolicy
+from mxpress.queue.sqlite_schema import IdGenerator
+from mxpress.queue.store import (
+    AttemptOutcome,
+    Lease,
+    NewMessage,
+    QueuedMessage,
+    RecipientState,
+    RecipientStatus,
+)
+
+_OPEN = ("pending", "deferred")  # recipients still to deliver
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    message: NewMessage,
+    recipients: Sequence[str],
+    data: bytes,
+    now: float,
+    ids: IdGenerator,
+) -> str:
+    for _ in range(3):
+        message_id = ids.new(now)
+        try:
+            conn.execute(
+                "INSERT INTO messages (id, sender, state, created_at, size, is_bounce, origin,"
+                " envid, next_due) VALUES (?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id,
+                    message.sender,
+                    now,
+                    len(data),
+                    int(message.is_bounce),
+                    message.origin,
+                    message.envid,
+                    now,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            continue  # another process took this id in the same millisecond
+        break
+    else:
+        raise QueueError("could not allocate a unique message id")
+    conn.execute("INSERT INTO message_data (id, data) VALUES (?, ?)", (message_id, data))
+    conn.executemany(
+        "INSERT INTO recipients (message_id, idx, address, domain, state, next_attempt,"
+        " updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+        [(message_id, i, rcpt, _domain(rcpt), now, now) for i, rcpt in enumerate(recipients)],
+    )
+    return message_id
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower() if "@" in address else ""
+
+
+def lease_due(
+    conn: sqlite3.Connection, now: float, limit: int, lease_seconds: float
+) -> list[Lease]:
+    # An index range scan on the partial index: reads `limit` rows, whatever the depth.
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM messages WHERE state = 'active' AND next_due <= ?"
+            " ORDER BY next_due LIMIT ?",
+            (now, limit),
+        )
+    ]
+    leases = []
+    for message_id in ids:
+        recipients = reads.recipients_of(
+            conn,
+            message_id,
+            " AND state IN ('pending', 'deferred') AND next_attempt <= ?",
+            (now,),
+        )
+        if not recipients:
+            # Nothing due after all (e.g. changed by another process): re-derive next_due.
+            refresh(conn, message_id)
+            continue
+        leases.append(_take(conn, message_id, recipients, now, lease_seconds))
+    return leases
+
+
+def expired(
+    conn: sqlite3.Connection,
+    now: float,
+    max_age: float,
+    bounce_max_age: float,
+    limit: int,
+    lease_seconds: float,
+) -> list[Lease]:
+    ids: list[str] = []
+    for is_bounce, age in ((0, max_age), (1, bounce_max_age)):
+        ids += [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM messages WHERE state = 'active' AND is_bounce = ?"
+                " AND created_at <= ? AND (lease_token IS NULL OR lease_expires <= ?)"
+                " ORDER BY created_at LIMIT ?",
+                (is_bounce, now - age, now, limit - len(ids)),
+            )
+        ]
+        if len(ids) >= limit:
+            break
+    leases = []
+    for message_id in ids:
+        recipients = reads.recipients_of(
+            conn, message_id, " AND state IN ('pending', 'deferred')", ()
+        )
+        if recipients:
+            leases.append(_take(conn, message_id, recipients, now, lease_seconds))
+    return leases
+
+
+def _take(
+    conn: sqlite3.Connection,
+    message_id: str,
+    recipients: tuple[RecipientStatus, ...],
+    now: float,
+    lease_seconds: float,
+) -> Lease:
+    token = secrets.token_hex(8)
+    expires = now + lease_seconds
+    conn.execute(
+        "UPDATE messages SET lease_token = ?, lease_expires = ?, next_due = ? WHERE id = ?",
+        (token, expires, expires, message_id),
+    )
+    message = reads.get(conn, message_id, with_data=True, recipients=recipients)
+    assert message is not None  # selected in this same transaction
+    return Lease(message=message, token=token, expires_at=expires)
+
+
+def record(
+    conn: sqlite3.Connection,
+    lease: Lease,
+    outcomes: Sequence[AttemptOutcome],
+    now: float,
+    retry: RetryPolicy,
+) -> tuple[QueuedMessage, bool]:
+    """Apply the outcomes; returns (message, whether the lease was still ours).
+
+    A final state is never undone: if the lease ran out and another worker finished a
+    recipient meanwhile, this attempt's news about that recipient is dropped. A lease
+    that is still someone else's is left alone."""
+    message_id = lease.message.id
+    head = conn.execute("SELECT lease_token FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if head is None:
+        raise QueueError(f"message {message_id} is no longer in the queue (deleted?)")
+    current = {
+        address: (idx, state, attempts)
+        for idx, address, state, attempts in conn.execute(
+            "SELECT idx, address, state, attempts FROM recipients WHERE message_id = ?",
+            (message_id,),
+        )
+    }
+    updates = []
+    for outcome in outcomes:
+        if outcome.recipient not in current:
+            raise QueueError(f"{outcome.recipient!r} is not a recipient of message {message_id}")
+        new_state = _outcome_state(outcome)
+        idx, state, attempts = current[outcome.recipient]
+        if state not in _OPEN:
+            continue
+        attempts += 1
+        next_attempt = None
+        if new_state is RecipientState.DEFERRED:
+            next_attempt = outcome.next_attempt
+            if next_attempt is None:
+                next_attempt = now + retry.next_delay(attempts)
+        updates.append(
+            (
+                str(new_state),
+                attempts,
+                next_attempt,
+                outcome.reply,
+                outcome.host,
+                now,
+                message_id,
+                idx,
+            )
+        )
+    conn.executemany(
+        "UPDATE recipients SET state = ?, attempts = ?, next_attempt = ?, last_reply = ?,"
+        " last_host = ?, updated_at = ? WHERE message_id = ? AND idx = ?",
+        updates,
+    )
+    ours = head[0] is None or head[0] == lease.token
+    if ours:
+        conn.execute(
+            "UPDATE messages SET lease_token = NULL, lease_expires = NULL WHERE id = ?",
+            (message_id,),
+        )
+    refresh(conn, message_id)
+    message = reads.get(conn, message_id)
+    assert message is not None
+    return message, ours
+
+
+def _outcome_state(outcome: AttemptOutcome) -> RecipientState:
+    try:
+        state = RecipientState(outcome.state)
+    except ValueError:
+        state = RecipientState.PENDING
+    if state is RecipientState.PENDING:
+        raise QueueError(
+            "an attempt's outcome must be delivered, deferred or bounced, "
+            f"got {outcome.state!r} for {outcome.recipient!r}"
+        )
+    return state
+
+
+def release(conn: sqlite3.Connection, lease: Lease, retry_at: float | None = None) -> None:
+    cursor = conn.execute(
+        "UPDATE messages SET lease_token = NULL, lease_expires = NULL"
+        " WHERE id = ? AND lease_token = ?",
+        (lease.message.id, lease.token),
+    )
+    if not cursor.rowcount:
+        return
+    if retry_at is not None:
+        # Not an attempt (attempts stay as they are): just not due before retry_at.
+        conn.execute(
+            "UPDATE recipients SET next_attempt = max(coalesce(next_attempt, 0), ?)"
+            " WHERE message_id = ? AND state IN ('pending', 'deferred')",
+            (retry_at, lease.message.id),
+        )
+    refresh(conn, lease.message.id)
+
+
+def refresh(conn: sqlite3.Connection, message_id: str) -> None:
+    """Re-derive a message's state and next_due from its recipients and lease."""
+    row = conn.execute(
+        "SELECT count(*), min(next_attempt) FROM recipients"
+        " WHERE message_id = ? AND state IN ('pending', 'deferred')",
+        (message_id,),
+    ).fetchone()
+    if row[0] == 0:
+        # Done: the body is no longer needed (a DSN was built from the lease's copy).
+        conn.execute(
+            "UPDATE messages SET state = 'done', next_due = NULL, lease_token = NULL,"
+            " lease_expires = NULL WHERE id = ?",
+            (message_id,),
+        )
+        conn.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
+    else:
+        conn.execute(
+            "UPDATE messages SET next_due = CASE WHEN lease_token IS NULL THEN ?"
+            " ELSE lease_expires END WHERE id = ?",
+            (row[1], message_id),
+        )
+
+
+def set_held(conn: sqlite3.Connection, message_id: str, held: bool) -> bool:
+    if held:  # idempotent: True when the message is (now) on hold
+        cursor = conn.execute(
+            "UPDATE messages SET state = 'held' WHERE id = ? AND state IN ('active', 'held')",
+            (message_id,),
+        )
+        return cursor.rowcount > 0
+    cursor = conn.execute(
+        "UPDATE messages SET state = 'active' WHERE id = ? AND state = 'held'", (message_id,)
+    )
+    if cursor.rowcount:
+        refresh(conn, message_id)
+    return cursor.rowcount > 0
+
+
+def retry_now(conn: sqlite3.Connection, message_id: str | None, now: float) -> int:
+    if message_id is not None:
+        count = conn.execute(
+            "UPDATE recipients SET next_attempt = ? WHERE message_id = ?"
+            " AND state = 'deferred' AND next_attempt > ?",
+            (now, message_id, now),
+        ).rowcount
+        if count:
+            refresh(conn, message_id)
+        return count
+    # Messages first (while the deferred recipients still say who is affected); a
+    # message under a live lease keeps next_due = lease expiry.
+    conn.execute(
+        "UPDATE messages SET next_due = ? WHERE state = 'active' AND next_due > ?"
+        " AND lease_token IS NULL AND EXISTS (SELECT 1 FROM recipients r"
+        " WHERE r.message_id = messages.id AND r.state = 'deferred' AND r.next_attempt > ?)",
+        (now, now, now),
+    )
+    return conn.execute(
+        "UPDATE recipients SET next_attempt = ? WHERE state = 'deferred' AND next_attempt > ?",
+        (now, now),
+    ).rowcount
+
+
+def delete(conn: sqlite3.Connection, message_id: str) -> bool:
+    cursor = conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+    conn.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
+    conn.execute("DELETE FROM recipients WHERE message_id = ?", (message_id,))
+    return cursor.rowcount > 0
+
+
+def purge(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    ids = [
+        (row[0],)
+        for row in conn.execute(
+            "SELECT id FROM messages WHERE state = 'done' AND id < ? ORDER BY id LIMIT ?",
+            (IdGenerator.bound(before), limit),
+        )
+    ]
+    conn.executemany("DELETE FROM messages WHERE id = ?", ids)
+    conn.executemany("DELETE FROM recipients WHERE message_id = ?", ids)
+    return len(ids)
