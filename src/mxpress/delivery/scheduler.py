@@ -267,8 +267,8 @@ class Scheduler:
         self.wake()
 
     async def _expire(self, now: float) -> None:
-        """Messages past their lifetime that are not being retried (e.g. far-off next
-        attempt): the store bounces them; we tell the senders."""
+        """Messages past their lifetime that no attempt is due for (e.g. a far-off next
+        attempt): bounce what is left of them and tell the senders."""
         leases = await self._store.expired(
             now,
             self._policy.max_queue_lifetime,
@@ -277,19 +277,23 @@ class Scheduler:
         )
         for lease in leases:
             message = lease.message
-            self.stats.bounced += len(message.recipients)
+            outcomes = [
+                AttemptOutcome(
+                    r.recipient,
+                    RecipientState.BOUNCED,
+                    f"expired in queue after {r.attempts} attempts: {r.last_reply}",
+                    r.last_host,
+                )
+                for r in message.recipients
+            ]
+            self.stats.bounced += len(outcomes)
             if should_bounce(message.sender, message.is_bounce):
                 failed = [
-                    FailedRecipient(
-                        r.recipient,
-                        "4.4.7",
-                        f"expired in queue after {r.attempts} attempts: {r.last_reply}",
-                        r.last_host,
-                        last_attempt=r.updated_at or None,
-                    )
-                    for r in message.recipients
+                    FailedRecipient(o.recipient, "4.4.7", o.reply, o.host, last_attempt=now)
+                    for o in outcomes
                 ]
                 await self._send_dsn(message, failed)
+            await self._store.record(lease, outcomes)
 
 
 def _domain(message: QueuedMessage) -> str:
