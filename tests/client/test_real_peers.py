@@ -231,3 +231,17 @@ async def test_concurrent_sends_on_one_session_are_serialised(sink: SmtpSink) ->
             *(session.send("a@x.test", [f"r{i}@example.test"], MSG) for i in range(20))
         )
     assert all(r.ok for r in results)
+
+
+async def test_probe_asks_without_delivering(postfix: PostfixServer) -> None:
+    before = postfix.message_count()
+    async with await mxpress.connect(
+        postfix.host, postfix.port, tls="none", timeout=20
+    ) as session:
+        result = await session.probe("a@x.test", ["ok@example.test", "refused@example.test"])
+        assert result.mail_reply is not None and result.mail_reply.ok
+        assert result.recipients["ok@example.test"].code == 250  # type: ignore[union-attr]
+        assert result.recipients["refused@example.test"].code == 550  # type: ignore[union-attr]
+        # The session is clean afterwards: a real send works.
+        assert (await session.send("a@x.test", ["ok@example.test"], MSG)).ok
+    assert postfix.wait_for_messages(before + 1) == before + 1

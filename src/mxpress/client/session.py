@@ -392,6 +392,47 @@ class Session:
             self._broken()
             raise
 
+    async def probe(self, sender: str, recipients: Sequence[str]) -> TransactionResult:
+        """MAIL and RCPT without a message, then RSET: asks the server whether it would
+        take mail for these recipients and delivers nothing (`mxpress trace`). Pipelined
+        in one flight when the server offers PIPELINING."""
+        smtputf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+        lines = [commands.mail_from(sender, smtputf8=smtputf8)]
+        lines += [commands.rcpt_to(r, smtputf8=smtputf8) for r in recipients]
+        result = TransactionResult(sender, dict.fromkeys(recipients))
+        async with self._lock:
+            self._check_open()
+            if self._needs_rset:
+                lines.insert(0, commands.rset())
+            lines.append(commands.rset())
+            clock = self._clock
+            try:
+                start = clock()
+                replies: list[Reply] = []
+                if self.capabilities.pipelining:
+                    self._stream.write(b"".join(lines))
+                    for _ in lines:
+                        replies.append(await self._read_reply("rcpt"))
+                else:
+                    for line in lines:
+                        replies.append(await self._command(line, "rcpt"))
+                result.timings["mail"] = clock() - start
+            except BaseException:
+                self._broken()
+                raise
+            if self._needs_rset:
+                replies.pop(0)
+                self._needs_rset = False
+            result.mail_reply = replies[0]
+            for rcpt, reply in zip(recipients, replies[1:-1], strict=True):
+                result.recipients[rcpt] = reply
+            if not replies[0].ok:
+                result.error = error_for_reply(
+                    "sender refused", replies[0], host=self.host, phase="mail"
+                )
+            self.last_used = clock()
+            return result
+
     # -- other commands ---------------------------------------------------------------
 
     async def noop(self) -> Reply:
