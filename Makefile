@@ -1,10 +1,11 @@
-# The two commands: `make run` (the demo send / later the relay) and `make test`.
+# The two commands: `make run` (the relay, with a local sink) and `make test`.
+# `make demo` sends real mail through a local server with the library.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck bench bench-wan clean
+.PHONY: run demo test lint typecheck bench bench-wan clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(PY) scripts/run_relay.py
+
+demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 test: $(STAMP) lint typecheck

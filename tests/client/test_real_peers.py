@@ -235,9 +235,7 @@ async def test_concurrent_sends_on_one_session_are_serialised(sink: SmtpSink) ->
 
 async def test_probe_asks_without_delivering(postfix: PostfixServer) -> None:
     before = postfix.message_count()
-    async with await mxpress.connect(
-        postfix.host, postfix.port, tls="none", timeout=20
-    ) as session:
+    async with await mxpress.connect(postfix.host, postfix.port, tls="none", timeout=20) as session:
         result = await session.probe("a@x.test", ["ok@example.test", "refused@example.test"])
         assert result.mail_reply is not None and result.mail_reply.ok
         assert result.recipients["ok@example.test"].code == 250  # type: ignore[union-attr]

@@ -158,6 +158,17 @@ async def test_release_with_retry_at_parks_without_an_attempt(
     assert all(r.attempts == 0 for r in again.message.recipients)  # not an attempt
 
 
+async def test_reclaim_leases_after_a_crash(store: SQLiteQueue, clock: FakeClock) -> None:
+    message_id = await store.enqueue(msg())
+    [lease] = await store.lease_due(clock.now, 10, 600)
+    assert await store.lease_due(clock.now, 10, 600) == []  # leased: not due
+    assert await store.reclaim_leases() == 1  # the holder died; the next run voids it
+    [again] = await store.lease_due(clock.now, 10, 600)
+    assert again.message.id == message_id and again.token != lease.token
+    assert await store.reclaim_leases() == 1
+    assert await store.reclaim_leases() == 0
+
+
 async def test_lease_due_pages_oldest_due_first(store: SQLiteQueue, clock: FakeClock) -> None:
     ids = []
     for _ in range(5):

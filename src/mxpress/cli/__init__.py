@@ -5,7 +5,10 @@ from __future__ import annotations
 import click
 
 from mxpress.cli.dns import dns_group
+from mxpress.cli.queue import queue_group
 from mxpress.cli.send import send_command
+from mxpress.cli.serve import serve_command
+from mxpress.cli.trace import trace_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +19,9 @@ def cli() -> None:
 
 cli.add_command(send_command)
 cli.add_command(dns_group)
+cli.add_command(queue_group)
+cli.add_command(serve_command)
+cli.add_command(trace_command)
 
 
 def main() -> None:

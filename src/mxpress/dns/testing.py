@@ -152,13 +152,29 @@ class FakeDNSServer:
 
     async def start(self) -> FakeDNSServer:
         loop = asyncio.get_running_loop()
-        if self.tls is None:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UDP(self), local_addr=(self.host, self.port)
-            )
-            self._udp = transport
-            self.port = transport.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._serve_tcp, self.host, self.port, ssl=self.tls)
+        wanted = self.port
+        # With port 0 the UDP port is picked first and TCP must then get the same number,
+        # which may be busy (e.g. an outgoing connection's ephemeral port): pick again.
+        for attempt in range(20):
+            if self.tls is None:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UDP(self), local_addr=(self.host, wanted)
+                )
+                self._udp = transport
+                self.port = transport.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(
+                    self._serve_tcp, self.host, self.port, ssl=self.tls
+                )
+            except OSError:
+                if self._udp is not None:
+                    self._udp.close()
+                    self._udp = None
+                if wanted or attempt == 19:
+                    raise
+                continue
+            break
+        assert self._tcp is not None
         self.port = self._tcp.sockets[0].getsockname()[1]
         return self
 

@@ -175,6 +175,13 @@ class SQLiteQueue:
         now = self._clock()
         return await self._writer.submit(lambda conn: ops.retry_now(conn, message_id, now))
 
+    async def reclaim_leases(self) -> int:
+        """At relay start: the leases in the file belong to a process that is gone (one
+        relay per queue file; `Relay.start` holds a lock file to make sure), so void them
+        and deliver those messages now rather than when their leases would expire.
+        Not part of QueueStore: a shared store would track lease owners instead."""
+        return await self._writer.submit(ops.reclaim_leases)
+
     async def delete(self, message_id: str) -> bool:
         return await self._writer.submit(lambda conn: ops.delete(conn, message_id))
 

@@ -305,6 +305,18 @@ def retry_now(conn: sqlite3.Connection, message_id: str | None, now: float) -> i
     ).rowcount
 
 
+def reclaim_leases(conn: sqlite3.Connection) -> int:
+    """Void every lease (their holder is gone); each message is due again as its
+    recipients say. Returns how many messages were leased."""
+    ids = [row[0] for row in conn.execute("SELECT id FROM messages WHERE lease_token IS NOT NULL")]
+    conn.execute(
+        "UPDATE messages SET lease_token = NULL, lease_expires = NULL WHERE lease_token IS NOT NULL"
+    )
+    for message_id in ids:
+        refresh(conn, message_id)
+    return len(ids)
+
+
 def delete(conn: sqlite3.Connection, message_id: str) -> bool:
     cursor = conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
     conn.execute("DELETE FROM message_data WHERE id = ?", (message_id,))

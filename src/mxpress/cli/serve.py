@@ -1,0 +1,40 @@
+"""`mxpress serve`: run the relay (SMTP submission + HTTP API + queue + delivery)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from mxpress import app
+from mxpress.config import load_settings
+from mxpress.errors import MxpressError
+from mxpress.relay import build_relay
+
+
+@click.command(name="serve")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    help="TOML settings file (default: $MXPRESS_CONFIG, else built-in defaults).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve_command(config: str | None, log_level: str) -> None:
+    """Run the relay until SIGTERM/SIGINT, then stop gracefully."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load_settings(config)
+        relay = build_relay(settings)
+        app.run(relay.serve())
+    except (MxpressError, OSError) as exc:
+        click.echo(f"mxpress serve: {exc}", err=True)
+        sys.exit(1)

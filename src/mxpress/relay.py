@@ -1,0 +1,218 @@
+"""The relay service: submission (SMTP + HTTP) → durable queue → scheduler → Mailer.
+
+Built from `Settings` by `build_relay` (the composition root for `mxpress serve`); every
+part is created here and passed to the parts that use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import signal
+import ssl
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import IO, Any
+
+from mxpress.config import Settings, parse_listen
+from mxpress.delivery.scheduler import Scheduler
+from mxpress.dns.resolver import Resolver
+from mxpress.errors import ConfigError
+from mxpress.mailer import Mailer
+from mxpress.queue.retry import RetryPolicy
+from mxpress.queue.sqlite import SQLiteQueue
+from mxpress.queue.store import NewMessage
+from mxpress.server.submission import Submission, SubmissionServer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Relay:
+    settings: Settings
+    store: SQLiteQueue
+    mailer: Mailer
+    scheduler: Scheduler
+    submission: SubmissionServer | None
+    http_app: Any = None
+    http: Any = None  # the running HTTP server handle
+    started_at: float = field(default_factory=time.monotonic)
+    _lock: IO[bytes] | None = None
+
+    async def start(self) -> None:
+        self._lock = _hold_lock(self.settings.data_path / "relay.lock")
+        await self.store.open()
+        reclaimed = await self.store.reclaim_leases()
+        if reclaimed:
+            logger.warning(
+                "%d messages were being delivered when the last run stopped; delivering them again",
+                reclaimed,
+            )
+        self.scheduler.start()
+        if self.submission is not None:
+            await self.submission.start()
+        if self.http_app is not None:
+            from mxpress.server.http import serve_http
+
+            host, port = parse_listen(self.settings.http.listen, "http.listen")
+            self.http = await serve_http(self.http_app, host, port)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Graceful: stop accepting, finish what is in flight, QUIT sessions, close."""
+        if self.submission is not None:
+            await self.submission.stop(grace)
+        if self.http is not None:
+            await self.http.stop()
+        await self.scheduler.stop(grace)
+        await self.mailer.close()
+        await self.store.close()
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        logger.info("mxpress relay running: %s", self.describe())
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    def describe(self) -> str:
+        parts = []
+        if self.submission is not None:
+            parts.append(f"smtp on {self.submission_address}")
+        if self.http is not None:
+            parts.append(f"http on {self.settings.http.listen.rsplit(':', 1)[0]}:{self.http.port}")
+        parts.append(f"queue {self.store.path}")
+        return ", ".join(parts)
+
+    @property
+    def submission_address(self) -> str:
+        assert self.submission is not None
+        host = self.settings.submission.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.submission.port}"
+
+    async def accept(self, sub: Submission) -> str:
+        """A submission is accepted once it is on disk: the queue fsyncs before returning."""
+        data = received_header(sub, self.settings.server.hostname) + sub.data
+        auth = sub.auth_user or "-"
+        message_id = await self.store.enqueue(
+            NewMessage(sub.sender, list(sub.recipients), data, origin=f"smtp:{auth}@{sub.peer}")
+        )
+        self.scheduler.wake()
+        return message_id
+
+
+def _hold_lock(path: Path) -> IO[bytes]:
+    """One relay per data directory: the queue's leases assume no other process is
+    delivering from the same file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(
+            f"another mxpress relay is running on {path.parent} (it holds {path.name})"
+        ) from None
+    return handle
+
+
+def received_header(sub: Submission, hostname: str) -> bytes:
+    """RFC 5321 §4.4 trace field (with the protocol per RFC 3848)."""
+    proto = "ESMTP" + ("S" if sub.tls else "") + ("A" if sub.auth_user else "")
+    if sub.smtputf8:
+        proto = "UTF8" + proto[1:] if proto.startswith("E") else proto
+    helo = "".join(c for c in sub.helo if c.isprintable() and c not in "()\\") or "unknown"
+    value = (
+        f"Received: from {helo} ([{sub.peer}])\r\n\tby {hostname} (mxpress) with {proto};\r\n"
+        f"\t{formatdate(localtime=True)}\r\n"
+    )
+    return value.encode("utf-8", "replace")
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    sub = settings.submission
+    if sub.tls_cert is None or sub.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sub.tls_cert, sub.tls_key)
+    return context
+
+
+def build_relay(settings: Settings) -> Relay:
+    """Everything `mxpress serve` runs, built from settings (no I/O until start())."""
+    data = settings.data_path
+    d = settings.delivery
+    r = settings.retry
+    policy = RetryPolicy(
+        first_retry=r.first_retry,
+        max_backoff=r.max_backoff,
+        max_queue_lifetime=r.max_queue_lifetime,
+        bounce_queue_lifetime=r.bounce_queue_lifetime,
+    )
+    store = SQLiteQueue(data / "queue.sqlite3", retry=policy)
+    resolver = None
+    if d.relay is None:
+        resolver = Resolver(settings.dns.nameservers or None, timeout=settings.dns.timeout)
+    mailer = Mailer(
+        d.relay,
+        resolver=resolver,
+        port=d.port,
+        tls=d.tls,
+        verify=d.verify,
+        cafile=d.cafile,
+        timeout=d.timeout,
+        max_connections=d.max_connections,
+        max_per_destination=d.max_per_destination,
+        local_hostname=settings.server.hostname,
+    )
+    scheduler = Scheduler(
+        store,
+        mailer,
+        policy,
+        hostname=settings.server.hostname,
+        concurrency=d.concurrency,
+        per_domain=d.per_domain_concurrency,
+        lease_seconds=d.lease_seconds,
+        poll_interval=d.poll_interval,
+    )
+    relay = Relay(settings, store, mailer, scheduler, None)
+    sub = settings.submission
+    if sub.enabled:
+        host, port = parse_listen(sub.listen, "submission.listen")
+        relay.submission = SubmissionServer(
+            relay.accept,
+            host=host,
+            port=port,
+            tls_context=_tls_context(settings),
+            implicit_tls=sub.implicit_tls,
+            users=sub.users,
+            trusted_networks=sub.trusted_networks,
+            max_message_size=sub.max_message_size,
+            max_recipients=sub.max_recipients,
+            hostname=settings.server.hostname,
+        )
+    if settings.http.enabled:
+        with contextlib.suppress(ImportError):  # the HTTP API needs starlette + uvicorn
+            from mxpress.server.http import build_http_app
+
+            relay.http_app = build_http_app(
+                store,
+                api_keys=settings.http.api_keys,
+                max_message_size=sub.max_message_size,
+                on_enqueued=lambda _id: scheduler.wake(),
+            )
+    return relay
