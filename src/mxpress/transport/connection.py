@@ -8,6 +8,7 @@ less each reply costs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import ssl
@@ -110,6 +111,7 @@ class Connection:
         # deadline has passed, else re-arms for it.
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._quickack_once = False
 
     @property
     def local_address(self) -> tuple[str, int] | None:
@@ -124,6 +126,20 @@ class Connection:
         if self._tls is not None:
             data = self._tls.encrypt(data)
         self._transport.write(data)
+        if self._quickack_once:
+            self._quickack_once = False
+            self._quickack()
+
+    def _quickack(self) -> None:
+        # After a TLS 1.3 handshake the server writes its session tickets and then the
+        # reply to our first command. With Nagle on the server and delayed ACKs here,
+        # the reply waits ~40 ms for the ACK of the tickets (measured against Postfix:
+        # 44 ms second EHLO; 0.5 ms with this). Ask the kernel to ACK at once.
+        sock = self._transport.get_extra_info("socket")
+        option = getattr(socket, "TCP_QUICKACK", None)
+        if sock is not None and option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, 1)
 
     async def drain(self) -> None:
         receiver = self._receiver
@@ -239,6 +255,7 @@ class Connection:
         if out:
             self._transport.write(out)
         self._tls = codec
+        self._quickack_once = True
         self.tls_info = TLSInfo(codec.version, codec.cipher, codec.session_reused)
         return codec
 
