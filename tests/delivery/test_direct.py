@@ -158,3 +158,11 @@ async def test_session_dropped_before_body_is_retried_once(mail_lab: MailLab) ->
     assert drops == ["app@sender.test"]
     assert result.ok, result.recipients
     assert len(handler.wait_for_messages(1)) == 1  # delivered exactly once
+
+
+async def test_tls_handshakes_counted(mail_lab: MailLab) -> None:
+    async with mailer(mail_lab) as m:
+        first = await m.send(MSG, recipients=["a@implicit.test"])  # Postfix, STARTTLS
+        assert first.new_sessions == 1 and first.tls_full == 1 and first.tls_resumed == 0
+        second = await m.send(MSG, recipients=["b@implicit.test"])  # the pooled session
+        assert second.reused_sessions == 1 and second.tls_full + second.tls_resumed == 0

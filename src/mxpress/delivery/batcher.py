@@ -36,6 +36,7 @@ class Delivery:
     # Pool wait and session setup phases, for the first message of a session only.
     setup: dict[str, float] | None = None
     new_session: bool = False
+    tls_resumed: bool | None = None  # for a new session: resumed TLS? (None: no TLS)
 
 
 class _Group:
@@ -139,6 +140,7 @@ class Batcher:
                 if new:
                     first.update(session.timings)
                 host = session.host
+                tls_resumed = session.tls_info.resumed if session.tls_info else None
                 taken = 0
 
                 def source() -> list[Outgoing]:
@@ -161,6 +163,7 @@ class Batcher:
                         queued=max(0.0, taken_at - item.queued_at),
                         setup=first if index == 0 else None,
                         new_session=new and index == 0,
+                        tls_resumed=tls_resumed if new and index == 0 else None,
                     )
                     _resolve(item, delivery)
 

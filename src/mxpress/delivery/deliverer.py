@@ -164,6 +164,11 @@ class Deliverer:
         result.add_timings(tx.timings)
         if delivery.new_session:
             result.new_sessions += 1
+            if delivery.tls_resumed is not None:
+                if delivery.tls_resumed:
+                    result.tls_resumed += 1
+                else:
+                    result.tls_full += 1
         else:
             result.reused_sessions += 1
         error = tx.error

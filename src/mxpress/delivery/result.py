@@ -41,6 +41,9 @@ class SendResult:
     timings: dict[str, float] = field(default_factory=dict)
     new_sessions: int = 0
     reused_sessions: int = 0
+    # TLS handshakes of the sessions opened for this send: full, or resumed (cheaper).
+    tls_full: int = 0
+    tls_resumed: int = 0
     # Set when the message could not be sent at all (no envelope, unserialisable).
     error: MxpressError | None = None
 
