@@ -422,7 +422,8 @@ def smtp_sink(
 
 
 _MASTER_CF = """\
-# A private Postfix instance for the mxpress lab: only what smtpd and discard delivery need.
+# A private Postfix instance for the mxpress lab: what smtpd needs, with discard (default) or
+# smtp delivery (as a relay, for benchmarks).
 # chroot is off (column 5) so no files need copying into the queue directory.
 {host}:{port} inet n - n - - smtpd
 cleanup   unix  n - n - 0 cleanup
@@ -436,6 +437,7 @@ verify    unix  - - n - 1 verify
 flush     unix  n - n 1000? 0 flush
 proxymap  unix  - - n - - proxymap
 discard   unix  - - n - - discard
+smtp      unix  - - n - - smtp
 error     unix  - - n - - error
 retry     unix  - - n - - error
 anvil     unix  - - n - 1 anvil

@@ -1,0 +1,158 @@
+"""End-to-end durable relay throughput: smtp-source → relay → smtp-sink, one run.
+
+    .venv/bin/python bench/relay_e2e.py [--messages 20000] [--sessions 20] [--size 1024]
+
+Both relays fsync a message before their 250 (mxpress: SQLite WAL commit, group-committed;
+Postfix: its queue file) and relay everything to the same Postfix smtp-sink:
+- mxpress: `mxpress serve` (SMTP submission, SQLite queue, delivery to the sink);
+- Postfix: a private instance (tests/lab/servers.py) with relayhost = the sink.
+Postfix's smtp-source is the load generator for both. Reports submission msgs/s (until
+smtp-source got every 250), end-to-end msgs/s (until the sink counted every message), and
+the time from 250 to delivery (p50, p99): mxpress from its queue (created → delivered),
+Postfix from its log (delay=). Not a timed test: numbers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.lab.servers import SmtpSink, free_port, postfix_smtpd, require_binary, smtp_sink
+
+
+def run_source(port: int, messages: int, sessions: int, size: int) -> float:
+    source = require_binary("smtp-source")
+    start = time.perf_counter()
+    subprocess.run(
+        [source, "-s", str(sessions), "-m", str(messages), "-l", str(size),
+         "-f", "load@source.test", "-t", "sink@example.test", f"127.0.0.1:{port}"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+def wait_for(sink: SmtpSink, target: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while sink.message_count() < target:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"sink got {sink.message_count()} of {target} messages")
+        time.sleep(0.01)
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    values.sort()
+    if not values:
+        return float("nan"), float("nan")
+    return values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.99))]
+
+
+def bench_mxpress(tmp: Path, sink: SmtpSink, n: int, sessions: int, size: int) -> list[str]:
+    port = free_port()
+    config = tmp / "mxpress.toml"
+    config.write_text(
+        f"""
+[server]
+hostname = "relay.test"
+data_dir = "{tmp / 'var'}"
+[submission]
+listen = "127.0.0.1:{port}"
+trusted_networks = ["127.0.0.0/8"]
+max_message_size = {max(size * 4, 1 << 20)}
+[http]
+enabled = false
+[delivery]
+relay = "smtp+plain://{sink.host}:{sink.port}"
+max_per_destination = 20
+poll_interval = 0.05
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mxpress.cli", "serve", "--config", str(config),
+         "--log-level", "warning"]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        base = sink.message_count()
+        start = time.perf_counter()
+        submit = run_source(port, n, sessions, size)
+        wait_for(sink, base + n)
+        total = time.perf_counter() - start
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    db = sqlite3.connect(tmp / "var" / "queue.sqlite3")
+    rows = db.execute(
+        "SELECT r.updated_at - m.created_at FROM recipients r JOIN messages m"
+        " ON m.id = r.message_id WHERE r.state = 'delivered'"
+    ).fetchall()
+    p50, p99 = percentiles([r[0] for r in rows])
+    return [f"| mxpress serve | {n} | {n / submit:,.0f} | {n / total:,.0f} | "
+            f"{p50 * 1e3:.0f} | {p99 * 1e3:.0f} |"]
+
+
+def bench_postfix(tmp: Path, sink: SmtpSink, n: int, sessions: int, size: int) -> list[str]:
+    port = free_port()
+    relay = {
+        "default_transport": "smtp",
+        "relay_transport": "smtp",
+        "relayhost": f"[{sink.host}]:{sink.port}",
+        "smtp_tls_security_level": "none",
+        "smtpd_tls_security_level": "none",
+        "message_size_limit": str(max(size * 4, 1 << 20)),
+        "default_destination_concurrency_limit": "20",
+        "smtp_destination_concurrency_limit": "20",
+        "default_process_limit": "100",
+    }
+    with postfix_smtpd("127.0.0.1", port, tls=False, workdir=tmp, extra_config=relay) as pf:
+        base = sink.message_count()
+        start = time.perf_counter()
+        submit = run_source(port, n, sessions, size)
+        wait_for(sink, base + n)
+        total = time.perf_counter() - start
+        delays = [float(d) for d in re.findall(r"status=sent.*?\bdelay=([0-9.]+)", pf.log())]
+        if not delays:
+            delays = [float(d) for d in re.findall(r"\bdelay=([0-9.]+),.*status=sent", pf.log())]
+    p50, p99 = percentiles(delays)
+    return [f"| Postfix relay | {n} | {n / submit:,.0f} | {n / total:,.0f} | "
+            f"{p50 * 1e3:.0f} | {p99 * 1e3:.0f} |"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=1024)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mxpress-e2e-") as tmp, smtp_sink() as sink:
+        rows += bench_postfix(Path(tmp) / "pf", sink, args.messages, args.sessions, args.size)
+        print(rows[-1], file=sys.stderr)
+        rows += bench_mxpress(Path(tmp), sink, args.messages, args.sessions, args.size)
+        print(rows[-1], file=sys.stderr)
+    print(f"\nsmtp-source ({args.sessions} sessions, {args.size} B) → relay → smtp-sink, "
+          "fsync before 250 on both")
+    print("| relay | messages | submitted msgs/s | end-to-end msgs/s | 250→delivered p50 ms "
+          "| p99 ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
