@@ -34,9 +34,22 @@ def run_source(port: int, messages: int, sessions: int, size: int) -> float:
     source = require_binary("smtp-source")
     start = time.perf_counter()
     subprocess.run(
-        [source, "-s", str(sessions), "-m", str(messages), "-l", str(size),
-         "-f", "load@source.test", "-t", "sink@example.test", f"127.0.0.1:{port}"],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            source,
+            "-s",
+            str(sessions),
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-f",
+            "load@source.test",
+            "-t",
+            "sink@example.test",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
 
@@ -63,7 +76,7 @@ def bench_mxpress(tmp: Path, sink: SmtpSink, n: int, sessions: int, size: int) -
         f"""
 [server]
 hostname = "relay.test"
-data_dir = "{tmp / 'var'}"
+data_dir = "{tmp / "var"}"
 [submission]
 listen = "127.0.0.1:{port}"
 trusted_networks = ["127.0.0.0/8"]
@@ -77,8 +90,16 @@ poll_interval = 0.05
 """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mxpress.cli", "serve", "--config", str(config),
-         "--log-level", "warning"]
+        [
+            sys.executable,
+            "-m",
+            "mxpress.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--log-level",
+            "warning",
+        ]
     )
     try:
         deadline = time.monotonic() + 20
@@ -102,8 +123,10 @@ poll_interval = 0.05
         " ON m.id = r.message_id WHERE r.state = 'delivered'"
     ).fetchall()
     p50, p99 = percentiles([r[0] for r in rows])
-    return [f"| mxpress serve | {n} | {n / submit:,.0f} | {n / total:,.0f} | "
-            f"{p50 * 1e3:.0f} | {p99 * 1e3:.0f} |"]
+    return [
+        f"| mxpress serve | {n} | {n / submit:,.0f} | {n / total:,.0f} | "
+        f"{p50 * 1e3:.0f} | {p99 * 1e3:.0f} |"
+    ]
 
 
 def bench_postfix(tmp: Path, sink: SmtpSink, n: int, sessions: int, size: int) -> list[str]:
@@ -129,8 +152,10 @@ def bench_postfix(tmp: Path, sink: SmtpSink, n: int, sessions: int, size: int) -
         if not delays:
             delays = [float(d) for d in re.findall(r"\bdelay=([0-9.]+),.*status=sent", pf.log())]
     p50, p99 = percentiles(delays)
-    return [f"| Postfix relay | {n} | {n / submit:,.0f} | {n / total:,.0f} | "
-            f"{p50 * 1e3:.0f} | {p99 * 1e3:.0f} |"]
+    return [
+        f"| Postfix relay | {n} | {n / submit:,.0f} | {n / total:,.0f} | "
+        f"{p50 * 1e3:.0f} | {p99 * 1e3:.0f} |"
+    ]
 
 
 def main() -> None:
@@ -145,10 +170,14 @@ def main() -> None:
         print(rows[-1], file=sys.stderr)
         rows += bench_mxpress(Path(tmp), sink, args.messages, args.sessions, args.size)
         print(rows[-1], file=sys.stderr)
-    print(f"\nsmtp-source ({args.sessions} sessions, {args.size} B) → relay → smtp-sink, "
-          "fsync before 250 on both")
-    print("| relay | messages | submitted msgs/s | end-to-end msgs/s | 250→delivered p50 ms "
-          "| p99 ms |")
+    print(
+        f"\nsmtp-source ({args.sessions} sessions, {args.size} B) → relay → smtp-sink, "
+        "fsync before 250 on both"
+    )
+    print(
+        "| relay | messages | submitted msgs/s | end-to-end msgs/s | 250→delivered p50 ms "
+        "| p99 ms |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         print(row)

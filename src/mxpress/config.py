@@ -81,6 +81,16 @@ class RetrySettings:
 
 
 @dataclass(frozen=True)
+class ObserveSettings:
+    delivery_log: bool = True  # JSON lines, one per recipient per attempt, in data_dir
+    delivery_log_max_bytes: int = 50 * 1024 * 1024  # rotate at this size
+    delivery_log_backups: int = 5  # rotated files kept (delivery.jsonl.1 ... .N)
+    top_domains: int = 20  # recipient domains with their own metric label; the rest "other"
+    queue_counts_interval: float = 15.0  # queue depth gauges: a full scan, so not per scrape
+    profile_port: int = 0  # 0: off; else a profiling listener on 127.0.0.1, without auth
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
@@ -88,6 +98,7 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     dns: DNSSettings = field(default_factory=DNSSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
+    observe: ObserveSettings = field(default_factory=ObserveSettings)
 
     @property
     def data_path(self) -> Path:
@@ -254,3 +265,17 @@ def _check(s: Settings) -> None:
     for key in ("first_retry", "max_backoff", "max_queue_lifetime", "bounce_queue_lifetime"):
         _positive(getattr(r, key), f"retry.{key}")
     _positive(s.submission.max_message_size, "submission.max_message_size")
+    o = s.observe
+    if o.delivery_log_max_bytes < 4096:
+        raise ConfigError(
+            f"observe.delivery_log_max_bytes: at least 4096, got {o.delivery_log_max_bytes!r}"
+        )
+    if o.delivery_log_backups < 1:  # 0 would make the handler never rotate: unbounded
+        raise ConfigError(
+            f"observe.delivery_log_backups: at least 1, got {o.delivery_log_backups!r}"
+        )
+    if o.top_domains < 0:
+        raise ConfigError(f"observe.top_domains: 0 or more, got {o.top_domains!r}")
+    _positive(o.queue_counts_interval, "observe.queue_counts_interval")
+    if not 0 <= o.profile_port < 65536:
+        raise ConfigError(f"observe.profile_port: 0 (off) or 1-65535, got {o.profile_port!r}")

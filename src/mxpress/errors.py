@@ -204,3 +204,14 @@ def error_for_reply(
 class QueueError(MxpressError):
     """The durable queue refused or failed an operation: bad input, a message that is
     gone, or the database itself (busy, full, unreadable). Nothing was half-stored."""
+
+
+# --- observability ---------------------------------------------------------------
+
+
+class ProfilerError(MxpressError):
+    """A profile cannot be captured (e.g. pyinstrument is not installed)."""
+
+
+class ProfilerBusy(ProfilerError):
+    """A profile is being captured already; one at a time (the sampler would mix them)."""

@@ -1,7 +1,9 @@
 """The relay service: submission (SMTP + HTTP) → durable queue → scheduler → Mailer.
 
 Built from `Settings` by `build_relay` (the composition root for `mxpress serve`); every
-part is created here and passed to the parts that use it.
+part is created here and passed to the parts that use it, including the observability:
+one Prometheus registry per relay (served at the HTTP API's /metrics), the delivery log,
+the queue depth counter and the on-demand profiler (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -13,19 +15,27 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from typing import IO, Any
 
+from prometheus_client import CollectorRegistry
+
 from mxpress.config import Settings, parse_listen
-from mxpress.delivery.scheduler import Scheduler
+from mxpress.delivery.result import SendResult
+from mxpress.delivery.scheduler import Observer, Scheduler
 from mxpress.dns.resolver import Resolver
 from mxpress.errors import ConfigError
 from mxpress.mailer import Mailer
+from mxpress.observe.delivery_log import DeliveryLog
+from mxpress.observe.metrics import RelayMetrics
+from mxpress.observe.profiler import Profiler
+from mxpress.observe.queue_depth import QueueDepth
 from mxpress.queue.retry import RetryPolicy
 from mxpress.queue.sqlite import SQLiteQueue
-from mxpress.queue.store import NewMessage
+from mxpress.queue.store import AttemptOutcome, NewMessage, QueuedMessage
 from mxpress.server.submission import Submission, SubmissionServer
 
 logger = logging.getLogger(__name__)
@@ -38,8 +48,14 @@ class Relay:
     mailer: Mailer
     scheduler: Scheduler
     submission: SubmissionServer | None
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    metrics: RelayMetrics | None = None
+    delivery_log: DeliveryLog | None = None
+    queue_depth: QueueDepth | None = None
+    profiler: Profiler = field(default_factory=Profiler)
     http_app: Any = None
     http: Any = None  # the running HTTP server handle
+    profile_http: Any = None  # the --profile-port listener's handle, when on
     started_at: float = field(default_factory=time.monotonic)
     _lock: IO[bytes] | None = None
 
@@ -52,6 +68,10 @@ class Relay:
                 "%d messages were being delivered when the last run stopped; delivering them again",
                 reclaimed,
             )
+        if self.delivery_log is not None:
+            self.delivery_log.start()
+        if self.queue_depth is not None:
+            self.queue_depth.start()
         self.scheduler.start()
         if self.submission is not None:
             await self.submission.start()
@@ -60,6 +80,15 @@ class Relay:
 
             host, port = parse_listen(self.settings.http.listen, "http.listen")
             self.http = await serve_http(self.http_app, host, port)
+        if self.settings.observe.profile_port:
+            await self._start_profile_listener(self.settings.observe.profile_port)
+
+    async def _start_profile_listener(self, port: int) -> None:
+        """No auth, so loopback only, whatever the other listeners bind to."""
+        from mxpress.server.http import serve_http
+        from mxpress.server.http_profile import build_profile_app
+
+        self.profile_http = await serve_http(build_profile_app(self.profiler), "127.0.0.1", port)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Graceful: stop accepting, finish what is in flight, QUIT sessions, close."""
@@ -67,8 +96,14 @@ class Relay:
             await self.submission.stop(grace)
         if self.http is not None:
             await self.http.stop()
+        if self.profile_http is not None:
+            await self.profile_http.stop(grace=1.0)
         await self.scheduler.stop(grace)
+        if self.delivery_log is not None:
+            self.delivery_log.close()  # after the scheduler: its last attempts are written
         await self.mailer.close()
+        if self.queue_depth is not None:
+            await self.queue_depth.stop()
         await self.store.close()
         if self._lock is not None:
             self._lock.close()  # closing the file releases the lock
@@ -95,6 +130,8 @@ class Relay:
             parts.append(f"smtp on {self.submission_address}")
         if self.http is not None:
             parts.append(f"http on {self.settings.http.listen.rsplit(':', 1)[0]}:{self.http.port}")
+        if self.profile_http is not None:
+            parts.append(f"profiler on 127.0.0.1:{self.profile_http.port} (local, no auth)")
         parts.append(f"queue {self.store.path}")
         return ", ".join(parts)
 
@@ -111,6 +148,8 @@ class Relay:
         message_id = await self.store.enqueue(
             NewMessage(sub.sender, list(sub.recipients), data, origin=f"smtp:{auth}@{sub.peer}")
         )
+        if self.metrics is not None:
+            self.metrics.on_accepted("smtp")
         self.scheduler.wake()
         return message_id
 
@@ -164,6 +203,19 @@ def build_relay(settings: Settings) -> Relay:
         bounce_queue_lifetime=r.bounce_queue_lifetime,
     )
     store = SQLiteQueue(data / "queue.sqlite3", retry=policy)
+    o = settings.observe
+    registry = CollectorRegistry()  # the relay's own: never prometheus-client's global one
+    metrics = RelayMetrics(registry, top_domains=o.top_domains)
+    delivery_log = None
+    if o.delivery_log:
+        delivery_log = DeliveryLog(
+            data / "delivery.jsonl",
+            max_bytes=o.delivery_log_max_bytes,
+            backups=o.delivery_log_backups,
+        )
+    observers: list[Observer] = [metrics.on_attempt]
+    if delivery_log is not None:
+        observers.append(delivery_log.on_attempt)
     resolver = None
     if d.relay is None:
         resolver = Resolver(settings.dns.nameservers or None, timeout=settings.dns.timeout)
@@ -188,8 +240,20 @@ def build_relay(settings: Settings) -> Relay:
         per_domain=d.per_domain_concurrency,
         lease_seconds=d.lease_seconds,
         poll_interval=d.poll_interval,
+        observer=_fan_out(observers),
     )
-    relay = Relay(settings, store, mailer, scheduler, None)
+    queue_depth = QueueDepth(store.counts, interval=o.queue_counts_interval)
+    relay = Relay(
+        settings,
+        store,
+        mailer,
+        scheduler,
+        None,
+        registry=registry,
+        metrics=metrics,
+        delivery_log=delivery_log,
+        queue_depth=queue_depth,
+    )
     sub = settings.submission
     if sub.enabled:
         host, port = parse_listen(sub.listen, "submission.listen")
@@ -209,10 +273,42 @@ def build_relay(settings: Settings) -> Relay:
         with contextlib.suppress(ImportError):  # the HTTP API needs starlette + uvicorn
             from mxpress.server.http import build_http_app
 
+            def enqueued(_id: str) -> None:
+                metrics.on_accepted("http")
+                scheduler.wake()
+
             relay.http_app = build_http_app(
                 store,
                 api_keys=settings.http.api_keys,
                 max_message_size=sub.max_message_size,
-                on_enqueued=lambda _id: scheduler.wake(),
+                metrics_registry=registry,
+                on_enqueued=enqueued,
+                profiler=relay.profiler,
             )
+    submission = relay.submission
+    metrics.watch(
+        pool=lambda: mailer.pool.stats,
+        dns=(lambda: resolver.stats) if resolver is not None else None,
+        scheduler=lambda: scheduler.stats,
+        in_flight=lambda: scheduler.in_flight,
+        submission=(lambda: submission.stats) if submission is not None else None,
+        queue=queue_depth,
+        delivery_log=delivery_log,
+    )
     return relay
+
+
+def _fan_out(observers: Sequence[Observer]) -> Observer:
+    """One scheduler observer calling each of `observers`; one failing does not keep
+    the others from seeing the attempt."""
+
+    def observe(
+        message: QueuedMessage, result: SendResult, outcomes: Sequence[AttemptOutcome]
+    ) -> None:
+        for observer in observers:
+            try:
+                observer(message, result, outcomes)
+            except Exception:
+                logger.exception("delivery observer %r failed on %s", observer, message.id)
+
+    return observe

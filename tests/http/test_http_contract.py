@@ -10,12 +10,16 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.config import SchemathesisConfig
 
+from mxpress.observe.profiler import Profiler
 from mxpress.server.http import api_key_digest, build_http_app
 from tests.http.fake_store import FakeStore
 
 KEY = "contract-test-key"
 STORE = FakeStore()
-APP = build_http_app(STORE, api_keys={"contract": api_key_digest(KEY)})
+# The profiler's cap bounds `seconds` in the document: generated captures stay short.
+APP = build_http_app(
+    STORE, api_keys={"contract": api_key_digest(KEY)}, profiler=Profiler(max_seconds=0.05)
+)
 # Auth through the document's bearerAuth scheme, so that schemathesis also sends requests
 # without it (negative cases) and checks that they are refused.
 CONFIG = SchemathesisConfig.from_dict(

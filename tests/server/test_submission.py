@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import smtplib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -365,7 +366,7 @@ async def trusted(make_server: Factory) -> SubmissionServer:
         ("MAIL FROM:<a b@example.test>", "553 5.1.7 Bad sender address"),
         ("MAIL FROM:<app@@example.test>", "553 5.1.7 Bad sender address"),
         ("MAIL FROM:<app@example.test", "553"),
-        ("MAIL FROM:<>", "501"),  # aiosmtpd: no null sender on submission
+        ("MAIL FROM:<>", "250"),  # the null sender is taken: bounces need it
         ("MAIL FROM:<jörg@example.test>", "553 5.1.7 Bad sender address"),  # no SMTPUTF8
         (f"MAIL FROM:<{'x' * 65}@example.test>", "553 5.1.7 Bad sender address"),
         ("MAIL FROM:<app@example.test> SIZE=5000", "552 5.3.4"),
@@ -514,3 +515,99 @@ async def test_stop_cuts_a_stalled_transaction_after_grace(trusted: SubmissionSe
         await raw.cmd("RCPT TO:<u@example.test>")
     await raw.close()
     assert trusted.stats.active == 0
+
+
+# --- the connection's I/O: idle timeout, big messages, a client that leaves, TLS failure ---
+
+
+async def wait_until_idle(server: SubmissionServer) -> None:
+    for _ in range(200):
+        if server.stats.active == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{server.stats.active} connections still open")
+
+
+async def test_an_idle_client_is_told_and_closed(make_server: Factory) -> None:
+    server = await make_server(timeout=0.3)
+    raw = await Raw.open(server.port)
+    assert (await raw.cmd("EHLO client.test"))[0] == 250
+    assert await raw.reply() == (421, "4.4.2 Idle timeout, closing connection")
+    assert await raw.reader.read() == b""
+    await raw.close()
+    await wait_until_idle(server)
+
+
+async def test_a_big_message_arrives_whole(make_server: Factory, queue: FakeQueue) -> None:
+    server = await make_server(trusted_networks=("127.0.0.0/8",))
+    body = b"".join(b"%07d " % i + b"x" * 90 + b"\r\n" for i in range(80_000))  # 7.8 MB
+    raw = await Raw.open(server.port)
+    await raw.cmd("EHLO client.test")
+    message = MESSAGE + b".starts with a dot\r\n" + body
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    assert (await raw.send_message(stuffed)).startswith("250 2.0.0 Ok: queued as Q1")
+    await raw.close()
+    assert queue.stored[0].data == message
+
+
+async def test_null_sender_is_queued(trusted: SubmissionServer, queue: FakeQueue) -> None:
+    raw = await Raw.open(trusted.port)
+    await raw.cmd("EHLO client.test")
+    assert (await raw.send_message(MESSAGE, sender="")).startswith("250")
+    await raw.close()
+    assert queue.stored[0].sender == ""
+
+
+async def test_a_client_that_leaves_mid_fsync_still_gets_stored(
+    trusted: SubmissionServer, queue: FakeQueue
+) -> None:
+    queue.gate = asyncio.Event()
+    raw = await Raw.open(trusted.port)
+    await raw.cmd("EHLO client.test")
+    sending = asyncio.create_task(raw.send_message(MESSAGE))
+    await asyncio.wait_for(queue.entered.wait(), 5)
+    sending.cancel()
+    raw.writer.transport.abort()
+    await asyncio.sleep(0.05)
+    queue.gate.set()
+    await wait_until_idle(trusted)
+    assert trusted.stats.messages == 1 and len(queue.stored) == 1
+
+
+async def test_a_failed_tls_handshake_closes_the_connection(
+    make_server: Factory, queue: FakeQueue
+) -> None:
+    server = await make_server()
+    raw = await Raw.open(server.port)
+    assert (await raw.cmd("STARTTLS"))[0] == 220
+    raw.writer.write(b"EHLO this is not a TLS client hello\r\n" * 10)
+    assert await asyncio.wait_for(raw.reader.read(), 10) == b""
+    await raw.close()
+    await wait_until_idle(server)
+
+
+async def test_replies_are_not_held_back_by_nagle(trusted: SubmissionServer) -> None:
+    raw = await Raw.open(trusted.port)
+    (conn,) = trusted._connections  # (private: the server side of the socket)
+    sock = conn._transport.get_extra_info("socket") if conn._transport else None
+    assert sock is not None
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    await raw.close()
+
+
+async def test_a_client_that_half_closes_still_gets_its_replies(
+    trusted: SubmissionServer, queue: FakeQueue
+) -> None:
+    queue.gate = asyncio.Event()
+    raw = await Raw.open(trusted.port)
+    await raw.cmd("EHLO client.test")
+    raw.writer.write(b"MAIL FROM:<app@example.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n")
+    assert [(await raw.reply())[0] for _ in range(3)] == [250, 250, 354]
+    raw.writer.write(MESSAGE + b".\r\nQUIT\r\n")
+    raw.writer.write_eof()
+    await asyncio.wait_for(queue.entered.wait(), 5)
+    queue.gate.set()
+    assert [(await raw.reply())[0] for _ in range(2)] == [250, 221]
+    assert await raw.reader.read() == b""
+    await raw.close()
+    await wait_until_idle(trusted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mxpress.cli.bench import bench_command
 from mxpress.cli.dns import dns_group
 from mxpress.cli.queue import queue_group
 from mxpress.cli.send import send_command
@@ -22,6 +23,7 @@ cli.add_command(dns_group)
 cli.add_command(queue_group)
 cli.add_command(serve_command)
 cli.add_command(trace_command)
+cli.add_command(bench_command)
 
 
 def main() -> None:

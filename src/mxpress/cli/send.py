@@ -43,6 +43,18 @@ def parse_server(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def relay_url(server: str, mode: TLSMode, user: str | None, password: str | None) -> str:
+    """The Mailer relay URL for --server HOST:PORT, the TLS flag and --user/--password."""
+    host, port = parse_server(server)
+    auth = ""
+    if user is not None:
+        from urllib.parse import quote
+
+        auth = f"{quote(user, safe='')}:{quote(password or '', safe='')}@"
+    where = f"[{host}]" if ":" in host else host
+    return f"{_RELAY_SCHEMES[mode]}://{auth}{where}:{port}"
+
+
 def _fail(reason: object, code: int = 1) -> None:
     click.echo(f"mxpress send: {reason}", err=True)
     sys.exit(code)
@@ -149,14 +161,7 @@ def _mailer(
             timeout=timeout,
             max_per_destination=connections,
         )
-    host, sport = parse_server(server)
-    auth = ""
-    if user is not None:
-        from urllib.parse import quote
-
-        auth = f"{quote(user, safe='')}:{quote(password or '', safe='')}@"
-    where = f"[{host}]" if ":" in host else host
-    relay = f"{_RELAY_SCHEMES[mode]}://{auth}{where}:{sport}"
+    relay = relay_url(server, mode, user, password)
     return Mailer(
         relay, verify=verify, cafile=cafile, timeout=timeout, max_per_destination=connections
     )

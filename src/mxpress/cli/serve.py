@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 
@@ -26,13 +27,22 @@ from mxpress.relay import build_relay
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def serve_command(config: str | None, log_level: str) -> None:
+@click.option(
+    "--profile-port",
+    type=click.IntRange(1, 65535),
+    help="Serve on-demand profiles at http://127.0.0.1:PORT/profile?seconds=N&format=html "
+    "(local only, no auth; overrides observe.profile_port).",
+)
+def serve_command(config: str | None, log_level: str, profile_port: int | None) -> None:
     """Run the relay until SIGTERM/SIGINT, then stop gracefully."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         settings = load_settings(config)
+        if profile_port is not None:
+            observe = dataclasses.replace(settings.observe, profile_port=profile_port)
+            settings = dataclasses.replace(settings, observe=observe)
         relay = build_relay(settings)
         app.run(relay.serve())
     except (MxpressError, OSError) as exc:

@@ -127,6 +127,12 @@ class Session:
         return self._stream.peer
 
     @property
+    def peer_ip(self) -> str | None:
+        """The server's IP address (`host` is host:port as asked for: maybe a name)."""
+        address = self._stream.remote_address
+        return address[0] if address else None
+
+    @property
     def tls_resumed(self) -> bool:
         return self.tls_info is not None and self.tls_info.resumed
 

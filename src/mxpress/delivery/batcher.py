@@ -30,6 +30,7 @@ class Delivery:
     result: TransactionResult | None = None
     error: MxpressError | None = None
     host: str = ""
+    ip: str | None = None  # the address the session is connected to
     in_session: bool = False  # False: no session could be had (try the next server)
     body_sent: bool = False  # with an error: the body may have reached the server
     queued: float = 0.0  # seconds it waited for a session to take it
@@ -139,7 +140,7 @@ class Batcher:
                 new = session.uses == 0
                 if new:
                     first.update(session.timings)
-                host = session.host
+                host, ip = session.host, session.peer_ip
                 tls_resumed = session.tls_info.resumed if session.tls_info else None
                 taken = 0
 
@@ -159,6 +160,7 @@ class Batcher:
                     delivery = Delivery(
                         result,
                         host=host,
+                        ip=ip,
                         in_session=True,
                         queued=max(0.0, taken_at - item.queued_at),
                         setup=first if index == 0 else None,
@@ -185,6 +187,7 @@ class Batcher:
                     Delivery(
                         error=error,
                         host=session.host,
+                        ip=session.peer_ip,
                         in_session=True,
                         body_sent=sent.get(index, True),
                     ),

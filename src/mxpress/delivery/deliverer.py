@@ -116,7 +116,7 @@ class Deliverer:
         pending = parts
         for candidate in candidates:
             pending = await self._on_server(
-                candidate.mx or candidate.options.host, candidate.options, pending
+                candidate.mx or candidate.options.host, candidate.options, pending, candidate.mx
             )
             if not pending:
                 return
@@ -128,7 +128,7 @@ class Deliverer:
                 )
 
     async def _on_server(
-        self, name: str, options: SessionOptions, parts: list[_Part]
+        self, name: str, options: SessionOptions, parts: list[_Part], mx: str = ""
     ) -> list[_Part]:
         """Send the parts to one server; return those that must try the next server."""
         moved: list[_Part] = []
@@ -140,20 +140,20 @@ class Deliverer:
                 error = delivery.error
                 if error is None:
                     assert delivery.result is not None
-                    self._record(part, delivery)
+                    self._record(part, delivery, mx)
                     continue
                 part.errors = [*(part.errors or []), f"{name}: {error}"]
                 if not delivery.in_session:
                     moved.append(part)  # no session here (setup failed, backoff, pool full)
                 elif delivery.body_sent or part.retried:
-                    self._defer(part, error, delivery.host or name)
+                    self._defer(part, error, delivery.host or name, delivery.ip, mx)
                 else:
                     part.retried = True  # the session broke before the body: nothing delivered
                     retry.append(part)
             todo = retry
         return moved
 
-    def _record(self, part: _Part, delivery: Delivery) -> None:
+    def _record(self, part: _Part, delivery: Delivery, mx: str = "") -> None:
         tx = delivery.result
         assert tx is not None
         result, host = part.result, delivery.host
@@ -185,11 +185,15 @@ class Deliverer:
                 if outcome is Outcome.DELIVERED and not tx.ok:
                     outcome = Outcome.DEFERRED  # accepted at RCPT, but the message was not
             reason = "" if outcome is Outcome.DELIVERED else str(reply or error)
-            result.recipients[rcpt] = RecipientResult(rcpt, outcome, reply, host, reason)
+            result.recipients[rcpt] = RecipientResult(
+                rcpt, outcome, reply, host, reason, delivery.ip, mx or None
+            )
 
     @staticmethod
-    def _defer(part: _Part, exc: MxpressError, host: str) -> None:
+    def _defer(
+        part: _Part, exc: MxpressError, host: str, ip: str | None = None, mx: str = ""
+    ) -> None:
         for rcpt in part.message.recipients:
             part.result.recipients[rcpt] = RecipientResult(
-                rcpt, Outcome.DEFERRED, exc.reply, host, reason=str(exc)
+                rcpt, Outcome.DEFERRED, exc.reply, host, str(exc), ip, mx or None
             )

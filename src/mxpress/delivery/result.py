@@ -24,6 +24,8 @@ class RecipientResult:
     reply: Reply | None = None
     host: str | None = None  # the server that answered (host:port), when one did
     reason: str = ""
+    ip: str | None = None  # that server's IP address (host may be a relay's name)
+    mx: str | None = None  # the MX host name it was found under (direct delivery)
 
     def __str__(self) -> str:
         where = f" at {self.host}" if self.host else ""

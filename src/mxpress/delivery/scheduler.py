@@ -54,6 +54,7 @@ class SchedulerStats:
     dsn_sent: int = 0
     parked: int = 0  # messages put back because their domain was saturated
     errors: int = 0
+    expired: int = 0  # recipients bounced by the expiry sweep (no attempt due); in bounced too
 
 
 class Scheduler:
@@ -181,7 +182,7 @@ class Scheduler:
             await self._store.record(lease, outcomes)
             self.stats.attempts += 1
             if self._observer is not None:
-                self._observer(message, result, outcomes)
+                self._notify(message, result, outcomes)
         except asyncio.CancelledError:
             # Shutting down: give the lease back so another run delivers it (if the attempt
             # went out already, that may deliver twice: at least once, never zero times).
@@ -191,6 +192,17 @@ class Scheduler:
             self.stats.errors += 1
             logger.exception("delivery of %s failed: %s", message.id, exc)
             await self._store.release(lease, retry_at=self._clock() + self._park)
+
+    def _notify(
+        self, message: QueuedMessage, result: SendResult, outcomes: Sequence[AttemptOutcome]
+    ) -> None:
+        # The attempt is recorded: an observer's failure (metrics, the delivery log) must
+        # not pass for a delivery failure, which would release the lease and send again.
+        assert self._observer is not None
+        try:
+            self._observer(message, result, outcomes)
+        except Exception:
+            logger.exception("delivery observer failed on %s", message.id)
 
     def _outcomes(self, message: QueuedMessage, result: SendResult) -> list[AttemptOutcome]:
         now = self._clock()
@@ -287,6 +299,7 @@ class Scheduler:
                 for r in message.recipients
             ]
             self.stats.bounced += len(outcomes)
+            self.stats.expired += len(outcomes)
             if should_bounce(message.sender, message.is_bounce):
                 failed = [
                     FailedRecipient(o.recipient, "4.4.7", o.reply, o.host, last_attempt=now)

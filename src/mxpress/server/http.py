@@ -41,9 +41,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mxpress.errors import ConfigError, LocalProtocolError, QueueError
+from mxpress.observe.profiler import Profiler
 from mxpress.queue.store import MessageState, NewMessage, QueueStore
 from mxpress.server import http_schema as schema
 from mxpress.server.http_openapi import openapi_document
+from mxpress.server.http_profile import profile_endpoint, profile_operation
 from mxpress.server.http_serve import HTTPServerHandle, serve_http
 
 __all__ = [
@@ -364,6 +366,7 @@ def build_http_app(
     metrics_registry: CollectorRegistry | None = None,
     on_enqueued: Callable[[str], None] | None = None,
     health: Health | None = None,
+    profiler: Profiler | None = None,
 ) -> Starlette:
     """The HTTP API as an ASGI app.
 
@@ -378,6 +381,8 @@ def build_http_app(
     on_enqueued: called with each new message id after the store accepted it (to wake
         the scheduler); must not block.
     health: returns the /healthz report; "status": "ok" gives 200, anything else 503.
+    profiler: serves GET /v1/admin/profile (a pyinstrument capture, behind the API key);
+        without it the route does not exist.
     """
     if max_message_size < 1:
         raise ConfigError(f"max_message_size must be >= 1 octet, got {max_message_size}")
@@ -403,6 +408,8 @@ def build_http_app(
         health,
     )
     document = openapi_document(max_message_size=max_message_size, max_recipients=max_recipients)
+    if profiler is not None:
+        document["paths"]["/v1/admin/profile"] = {"get": profile_operation(profiler.max_seconds)}
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
@@ -422,6 +429,9 @@ def build_http_app(
         Route("/metrics", api.metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+    if profiler is not None:
+        endpoint = profile_endpoint(profiler, api.authenticate)
+        routes.append(Route("/v1/admin/profile", endpoint, methods=["GET"]))
     requests = Counter(
         "mxpress_http_requests",
         "HTTP API requests by method, route and status",

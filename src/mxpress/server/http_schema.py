@@ -23,6 +23,7 @@ from mxpress.errors import LocalProtocolError
 from mxpress.message import build_message, envelope_of, to_bytes
 from mxpress.protocol.commands import validate_address
 from mxpress.protocol.data import normalize_crlf
+from mxpress.protocol.server_checks import HeaderCheck
 from mxpress.queue.store import (
     MessageState,
     QueueCounts,
@@ -31,7 +32,6 @@ from mxpress.queue.store import (
     RecipientState,
     RecipientStatus,
 )
-from mxpress.server.checks import HeaderCheck
 
 FIELDS = ("from", "to", "cc", "bcc", "subject", "text", "html", "headers", "attachments")
 MESSAGE_FIELDS = (*FIELDS, "raw")
@@ -311,8 +311,8 @@ def _printable(value: object) -> str | None:
 
 
 def _check_raw(data: bytes) -> int:
-    """The checks the SMTP listener makes on DATA (server/checks.py), so that both ways
-    in accept the same messages. Returns where the header section ends."""
+    """The checks the SMTP listener makes on DATA (protocol/server_checks.py), so that both
+    ways in accept the same messages. Returns where the header section ends."""
     if not data:
         raise _refuse("'raw' is empty")
     lines = data.split(b"\r\n")

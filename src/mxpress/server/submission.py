@@ -14,8 +14,9 @@ Rules (docs/submission.md):
   From); the 250 after DATA is sent only once `accept` returned, i.e. after the queue's
   fsync. If `accept` raises, the client gets 451 and nothing was stored.
 
-It runs in the caller's event loop (asyncio `create_server` with aiosmtpd's protocol), not
-in aiosmtpd's Controller thread: the relay is one loop.
+It runs in the caller's event loop (asyncio `create_server`; one
+`server.connection.SubmissionConnection` per client, driving the sans-IO state machine of
+`protocol.server`): the relay is one loop.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from types import TracebackType
 from typing import Self
 
 from mxpress.errors import ConfigError
+from mxpress.protocol.server_checks import RejectReason
+from mxpress.protocol.server_events import ServerConfig
 from mxpress.security.passwords import ScryptHash, parse_hash, verify_password
-from mxpress.server.checks import RejectReason
 from mxpress.server.connection import SubmissionConnection, Transaction
 
 logger = logging.getLogger(__name__)
@@ -152,6 +154,18 @@ class SubmissionServer:
         self.max_header_size = min(max_header_size, max_message_size)
         self.max_recipients = max_recipients
         self.hostname = hostname or socket.gethostname()  # not getfqdn(): no DNS at start
+        try:
+            self._config = ServerConfig(
+                hostname=self.hostname,
+                max_message_size=max_message_size,
+                max_header_size=self.max_header_size,
+                max_recipients=max_recipients,
+                starttls=tls_context is not None and not implicit_tls,
+                auth_mechanisms=("LOGIN", "PLAIN") if users else (),
+                auth_requires_tls=require_tls_for_auth,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"submission listener: {exc}") from None
         self.require_tls_for_auth = require_tls_for_auth
         self.max_auth_failures = max_auth_failures
         self.timeout = timeout
@@ -175,9 +189,10 @@ class SubmissionServer:
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("SubmissionServer.start() called twice")
-        smtp_tls = None if self.implicit_tls else self.tls_context
+        starttls = None if self.implicit_tls else self.tls_context
+        config, implicit = self._config, self.implicit_tls
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: SubmissionConnection(self, tls_context=smtp_tls, timeout=self.timeout),
+            lambda: SubmissionConnection(self, config, starttls=starttls, implicit_tls=implicit),
             self.host,
             self._port,
             ssl=self.tls_context if self.implicit_tls else None,
@@ -268,8 +283,8 @@ class SubmissionServer:
             ok = await asyncio.to_thread(verify_password, password, stored or self._dummy)
         return user if ok and stored is not None else None
 
-    async def deliver(self, transaction: Transaction) -> str:
-        """Hand a checked message to `accept`; return its queue id."""
+    def deliver(self, transaction: Transaction) -> asyncio.Future[str]:
+        """Hand a checked message to `accept`; the future's result is its queue id."""
         submission = Submission(
             sender=transaction.sender,
             recipients=transaction.recipients,
@@ -280,16 +295,13 @@ class SubmissionServer:
             helo=transaction.helo,
             smtputf8=transaction.smtputf8,
         )
-        # A task the connection cannot cancel: if the client goes away mid-fsync the
+        # The listener's task, not the connection's: if the client goes away mid-fsync the
         # store still finishes cleanly (the client will retry; RFC 5321 §6.1 accepts the
         # duplicate), and stop() waits for it.
         future = asyncio.ensure_future(self._accept(submission))
         self._accepting.add(future)
         future.add_done_callback(self._accept_done)
-        queue_id = await asyncio.shield(future)
-        if not (queue_id.isascii() and queue_id.isprintable()):  # it goes into a reply line
-            queue_id = queue_id.encode("unicode_escape").decode("ascii")
-        return queue_id
+        return future
 
     def _accept_done(self, future: asyncio.Future[str]) -> None:
         self._accepting.discard(future)

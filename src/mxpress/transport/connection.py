@@ -38,6 +38,8 @@ class Stream(Protocol):
     def tls(self) -> TLSCodec | None: ...
     @property
     def local_address(self) -> tuple[str, int] | None: ...
+    @property
+    def remote_address(self) -> tuple[str, int] | None: ...
     def write(self, data: bytes) -> None: ...
     async def read(self, timeout: float | None, phase: str) -> bytes: ...
     async def drain(self) -> None: ...
@@ -117,6 +119,12 @@ class Connection:
     def local_address(self) -> tuple[str, int] | None:
         sockname = self._transport.get_extra_info("sockname")
         return (sockname[0], sockname[1]) if sockname else None
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The address actually connected to (`peer` may be a name)."""
+        peername = self._transport.get_extra_info("peername")
+        return (peername[0], peername[1]) if peername else None
 
     # -- writing -------------------------------------------------------------------
 

@@ -219,6 +219,10 @@ class ScriptedStream:
     def local_address(self) -> tuple[str, int] | None:
         return ("127.0.0.1", 40000)
 
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        return None
+
     def write(self, data: bytes) -> None:
         self.writes += 1
         self._unanswered = True

@@ -1,11 +1,12 @@
 """What the submission listener refuses, and with which reply: pure functions, no I/O.
 
-Each check returns None or a `Refusal` (the reason for the stats, the reply line).
+Each check returns None or a `Refusal` (the reason for the stats, the reply line). The
+server state machine (protocol/server.py) runs them, and the HTTP API runs HeaderCheck, so
+that both ways in refuse the same messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
 
 from mxpress.errors import LocalProtocolError
@@ -54,16 +55,19 @@ def _reason(exc: Exception) -> str:
 
 
 def check_sender(
-    address: str, *, smtputf8: bool, mail_options: Sequence[str], max_size: int
+    address: str, *, smtputf8: bool, size: int | None, max_size: int
 ) -> Refusal | None:
-    """MAIL FROM: the address, and a declared SIZE= over the limit (RFC 1870 §6.1)."""
+    """MAIL FROM: the address, and a declared SIZE= over the limit (RFC 1870 §6.1).
+
+    The null sender <> is accepted: bounces and other notifications need it (RFC 5321
+    §4.5.5), and whoever may relay may send them.
+    """
     try:
-        validate_address(address, smtputf8=smtputf8)
+        validate_address(address, smtputf8=smtputf8, allow_empty=True)
     except LocalProtocolError as exc:
         return RejectReason.BAD_ADDRESS, f"553 5.1.7 Bad sender address: {_reason(exc)}"
-    for option in mail_options:  # aiosmtpd has checked that SIZE= is digits
-        if option.startswith("SIZE=") and int(option[5:]) > max_size:
-            return too_big(max_size)
+    if size is not None and size > max_size:
+        return too_big(max_size)
     return None
 
 
