@@ -145,12 +145,18 @@ class Relay:
         """A submission is accepted once it is on disk: the queue fsyncs before returning."""
         data = received_header(sub, self.settings.server.hostname) + sub.data
         auth = sub.auth_user or "-"
-        message_id = await self.store.enqueue(
-            NewMessage(sub.sender, list(sub.recipients), data, origin=f"smtp:{auth}@{sub.peer}")
-        )
+        new = NewMessage(sub.sender, list(sub.recipients), data, origin=f"smtp:{auth}@{sub.peer}")
+        scheduler = self.scheduler
+        if scheduler.has_room(new.recipients[0]):
+            # Fresh mail goes straight to delivery: stored and leased in one commit.
+            lease = await self.store.enqueue_leased(new, scheduler.lease_seconds)
+            message_id = lease.message.id
+            await scheduler.take(lease)
+        else:
+            message_id = await self.store.enqueue(new)
+            scheduler.wake()
         if self.metrics is not None:
             self.metrics.on_accepted("smtp")
-        self.scheduler.wake()
         return message_id
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 
 from mxpress.delivery.result import Outcome, RecipientResult, SendResult
+from mxpress.observe import delivery_log
 from mxpress.observe.delivery_log import DeliveryLog, message_id_of
 from mxpress.protocol.replies import Reply
 from mxpress.queue.store import (
@@ -165,16 +168,27 @@ def test_rotation_at_max_bytes(tmp_path: Path) -> None:
     assert last["queue_id"] == "q59"
 
 
-def test_a_full_queue_drops_lines_instead_of_blocking(tmp_path: Path) -> None:
+def test_a_full_queue_drops_lines_instead_of_blocking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stuck = threading.Event()
+    original = delivery_log._LineWriter._write
+
+    def slow_disk(self: delivery_log._LineWriter, lines: list[str]) -> None:
+        stuck.wait(10)  # the writer is stuck: nothing drains the queue
+        original(self, lines)
+
+    monkeypatch.setattr(delivery_log._LineWriter, "_write", slow_disk)
     log = DeliveryLog(tmp_path / "delivery.jsonl", max_pending=3)
     log.start()
-    assert log._listener is not None
-    log._listener.stop()  # the writer is stuck (a slow disk): nothing drains the queue
-    for n in range(5):
+    log.on_attempt(*fake_attempt(0))  # 2 lines: the writer takes them and gets stuck
+    time.sleep(0.2)
+    for n in range(1, 5):
         log.on_attempt(*fake_attempt(n))  # returns at once
-    assert log.records == 3 and log.dropped == 7
-    log._listener = None
+    assert log.records == 2 + 3 and log.dropped == 5
+    stuck.set()
     log.close()
+    assert len((tmp_path / "delivery.jsonl").read_text().splitlines()) == 5
 
 
 # -- a real relay: credentials everywhere, none in the log ------------------------------

@@ -158,6 +158,19 @@ async def test_release_with_retry_at_parks_without_an_attempt(
     assert all(r.attempts == 0 for r in again.message.recipients)  # not an attempt
 
 
+async def test_enqueue_leased_is_stored_and_leased(store: SQLiteQueue, clock: FakeClock) -> None:
+    lease = await store.enqueue_leased(msg(), 60)
+    assert lease.message.data is not None and lease.message.recipients
+    stored = await store.get(lease.message.id, with_data=True)
+    assert stored is not None and stored.data == lease.message.data  # durable
+    assert await store.lease_due(clock.now, 10, 60) == []  # already leased
+    outcomes = [
+        AttemptOutcome(r.recipient, RecipientState.DELIVERED) for r in lease.message.recipients
+    ]
+    done = await store.record(lease, outcomes)
+    assert done.state is MessageState.DONE
+
+
 async def test_reclaim_leases_after_a_crash(store: SQLiteQueue, clock: FakeClock) -> None:
     message_id = await store.enqueue(msg())
     [lease] = await store.lease_due(clock.now, 10, 600)

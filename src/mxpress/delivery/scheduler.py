@@ -150,6 +150,27 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
 
+    def has_room(self, recipient: str) -> bool:
+        """Could a message for this recipient start delivery right now?"""
+        try:
+            domain = domain_of(recipient)
+        except MxpressError:
+            domain = ""
+        return (
+            not self._stopping
+            and len(self._tasks) < self._concurrency
+            and self._by_domain[domain] < self._per_domain
+        )
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._lease_seconds
+
+    async def take(self, lease: Lease) -> None:
+        """Deliver a message leased by someone else (the relay leases fresh mail as it
+        stores it, sparing a lease_due pass)."""
+        await self._dispatch(lease, self._clock())
+
     async def _dispatch(self, lease: Lease, now: float) -> None:
         domain = _domain(lease.message)
         if self._by_domain[domain] >= self._per_domain:

@@ -17,6 +17,7 @@ from mxpress.queue.sqlite_schema import IdGenerator
 from mxpress.queue.store import (
     AttemptOutcome,
     Lease,
+    MessageState,
     NewMessage,
     QueuedMessage,
     RecipientState,
@@ -63,6 +64,42 @@ def enqueue(
         [(message_id, i, rcpt, _domain(rcpt), now, now) for i, rcpt in enumerate(recipients)],
     )
     return message_id
+
+
+def enqueue_leased(
+    conn: sqlite3.Connection,
+    message: NewMessage,
+    recipients: Sequence[str],
+    data: bytes,
+    now: float,
+    ids: IdGenerator,
+    lease_seconds: float,
+) -> Lease:
+    """Store and lease in one transaction; the lease is built from what was just written
+    (no read back)."""
+    message_id = enqueue(conn, message, recipients, data, now, ids)
+    token = secrets.token_hex(8)
+    expires = now + lease_seconds
+    conn.execute(
+        "UPDATE messages SET lease_token = ?, lease_expires = ?, next_due = ? WHERE id = ?",
+        (token, expires, expires, message_id),
+    )
+    statuses = tuple(
+        RecipientStatus(r, RecipientState.PENDING, 0, now, "", "", now) for r in recipients
+    )
+    queued = QueuedMessage(
+        message_id,
+        message.sender,
+        MessageState.ACTIVE,
+        now,
+        len(data),
+        message.is_bounce,
+        message.origin,
+        statuses,
+        data,
+        message.envid,
+    )
+    return Lease(queued, token, expires)
 
 
 def _domain(address: str) -> str:
