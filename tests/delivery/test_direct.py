@@ -31,6 +31,15 @@ async def test_first_mx_takes_it(mail_lab: MailLab) -> None:
     )
 
 
+async def test_dns_cache_state_per_attempt(mail_lab: MailLab) -> None:
+    async with mailer(mail_lab) as m:
+        first = await m.send(MSG)
+        second = await m.send(MSG)
+    assert first.dns == {"mail.test": "miss"}
+    assert second.dns == {"mail.test": "hit"}
+    assert second.timings["dns"] < first.timings["dns"]
+
+
 async def test_first_mx_down_second_takes_it(mail_lab: MailLab) -> None:
     before = mail_lab.mx2.message_count()
     async with mailer(mail_lab) as m:

@@ -39,6 +39,7 @@ from tests.observe.relay_lab import (
 
 KEYS = {
     "ts",
+    "dns_cache",
     "queue_id",
     "message_id",
     "sender",

@@ -113,6 +113,9 @@ class Deliverer:
                 elapsed = self._clock() - start
                 for part in parts:
                     part.result.add_timings({"dns": elapsed})
+        if candidates and candidates[0].dns_cache:
+            for part in parts:
+                part.result.dns[domain] = candidates[0].dns_cache
         pending = parts
         for candidate in candidates:
             pending = await self._on_server(

@@ -46,6 +46,9 @@ class SendResult:
     # TLS handshakes of the sessions opened for this send: full, or resumed (cheaper).
     tls_full: int = 0
     tls_resumed: int = 0
+    # Per recipient domain (direct delivery): the MX answer was a cache "hit", a "miss"
+    # (asked upstream) or "stale" (served expired while the resolver failed).
+    dns: dict[str, str] = field(default_factory=dict)
     # Set when the message could not be sent at all (no envelope, unserialisable).
     error: MxpressError | None = None
 

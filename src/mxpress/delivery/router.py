@@ -81,6 +81,7 @@ class Candidate:
     options: SessionOptions
     mx: str  # MX host name ("" for a relay or an address literal)
     preference: int = 0
+    dns_cache: str = ""  # how the MX answer came: "hit", "miss" or "stale" ("": no DNS)
 
 
 class Router:
@@ -108,6 +109,7 @@ class Router:
             literal = domain[1:-1].removeprefix("IPv6:")
             return [Candidate(replace(self._base, host=literal), "")]
         route = await self.resolver.mx(domain)
+        cache = "stale" if route.stale else "hit" if route.from_cache else "miss"
         out: list[Candidate] = []
         for host in route.hosts:
             for address in host.addresses:
@@ -116,6 +118,7 @@ class Router:
                         replace(self._base, host=address, server_hostname=host.name),
                         host.name,
                         host.preference,
+                        cache,
                     )
                 )
         if not out:

@@ -38,6 +38,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mxpress.delivery.router import domain_of
+from mxpress.errors import MxpressError
+
 if TYPE_CHECKING:
     from mxpress.delivery.result import SendResult
     from mxpress.queue.store import AttemptOutcome, QueuedMessage
@@ -241,6 +244,7 @@ class DeliveryLog:
                     "ip": r.ip if r is not None else None,
                     "mx": r.mx if r is not None else None,
                     "timings": timings,
+                    "dns_cache": _dns_cache(result, outcome.recipient),
                     "new_session": new_session,
                     "tls": tls,
                     "next_attempt": (
@@ -249,3 +253,13 @@ class DeliveryLog:
                 }
             )
         return out
+
+
+def _dns_cache(result: SendResult, recipient: str) -> str | None:
+    """hit / miss / stale for the recipient's domain's MX answer (None: no DNS, a relay)."""
+    if not result.dns:
+        return None
+    try:
+        return result.dns.get(domain_of(recipient))
+    except MxpressError:
+        return None
