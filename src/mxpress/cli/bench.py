@@ -39,6 +39,7 @@ from rich.progress import (
 from rich.table import Table
 
 from mxpress import app
+from mxpress.cli.options import connection_options
 from mxpress.cli.send import parse_server, relay_url
 from mxpress.client.session import TLSMode, connect
 from mxpress.errors import ConfigError, MxpressError
@@ -281,13 +282,7 @@ def print_table(console: Console, t: Target, concurrency: int, results: list[Mod
 
 @click.command(name="bench")
 @click.option("--server", required=True, help="SMTP server HOST:PORT to load.")
-@click.option("--starttls", "tls", flag_value="required", help="Require STARTTLS.")
-@click.option("--tls", "tls", flag_value="implicit", help="Implicit TLS (port 465).")
-@click.option("--no-tls", "tls", flag_value="none", help="Never use TLS.")
-@click.option("--insecure", is_flag=True, help="Do not verify the server certificate.")
-@click.option("--cafile", type=click.Path(exists=True, dir_okay=False), help="CA bundle (PEM).")
-@click.option("--user", help="Username for AUTH.")
-@click.option("--password", help="Password for AUTH.")
+@connection_options
 @click.option(
     "--messages", default=200, show_default=True, type=click.IntRange(1), help="Per mode."
 )

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from mxpress import app
 from mxpress.cli.bulk import load_bulk
+from mxpress.cli.options import connection_options
 from mxpress.client.session import TLSMode, connect
 from mxpress.delivery.result import Outcome, SendResult
 from mxpress.errors import ConfigError, MxpressError
@@ -201,13 +202,7 @@ def _print_bulk_summary(console: Console, results: list[SendResult], elapsed: fl
 
 @click.command(name="send")
 @click.option("--server", help="SMTP server HOST:PORT; without it, mail goes to each MX.")
-@click.option("--starttls", "tls", flag_value="required", help="Require STARTTLS.")
-@click.option("--tls", "tls", flag_value="implicit", help="Implicit TLS (port 465).")
-@click.option("--no-tls", "tls", flag_value="none", help="Never use TLS.")
-@click.option("--insecure", is_flag=True, help="Do not verify the server certificate.")
-@click.option("--cafile", type=click.Path(exists=True, dir_okay=False), help="CA bundle (PEM).")
-@click.option("--user", help="Username for AUTH.")
-@click.option("--password", help="Password for AUTH.")
+@connection_options
 @click.option("--from", "sender", help="Envelope sender and From header.")
 @click.option("--to", "recipients", multiple=True, help="Recipient (repeatable).")
 @click.option("--subject", default="", help="Subject (Unicode welcome).")

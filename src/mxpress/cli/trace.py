@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mxpress import app
+from mxpress.cli.options import connection_options
 from mxpress.cli.send import parse_server
 from mxpress.client.session import TLSMode
 from mxpress.errors import MxpressError
@@ -124,13 +125,7 @@ def _print_comparison(console: Console, traces: list[Trace], reuse: bool) -> Non
     help="DNS server IP[:PORT] for the MX lookup (repeatable; default: the system's).",
 )
 @click.option("--port", default=25, show_default=True, help="MX port (direct mode).")
-@click.option("--starttls", "tls", flag_value="required", help="Require STARTTLS.")
-@click.option("--tls", "tls", flag_value="implicit", help="Implicit TLS (port 465).")
-@click.option("--no-tls", "tls", flag_value="none", help="Never use TLS.")
-@click.option("--insecure", is_flag=True, help="Do not verify the server certificate.")
-@click.option("--cafile", type=click.Path(exists=True, dir_okay=False), help="CA bundle (PEM).")
-@click.option("--user", help="Username for AUTH.")
-@click.option("--password", help="Password for AUTH.")
+@connection_options
 @click.option("--from", "sender", default="", help="Envelope sender (default: <>).")
 @click.option("--send", is_flag=True, help="Really send a short test message (needs --from).")
 @click.option(
