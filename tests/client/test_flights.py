@@ -225,3 +225,19 @@ async def test_timings_recorded() -> None:
     assert {"mail", "rcpt", "data", "end_of_data", "total"} <= set(result.timings)
     assert all(v >= 0 for v in result.timings.values())
     assert {"banner", "ehlo"} <= set(session.timings)
+
+
+async def test_sender_validated_once_per_stream_but_always_checked() -> None:
+    server = ScriptedServer()
+    session, _ = await open_scripted(server)
+    results = await session.send_many(
+        [
+            Outgoing("s@a.test", ["r1@b.test"], MSG),
+            Outgoing("s@a.test", ["r2@b.test"], MSG),  # same sender: not re-validated
+            Outgoing("bad sender@a.test", ["r3@b.test"], MSG),  # a new one is checked
+            Outgoing("s@a.test", ["r4@b.test"], MSG),
+        ]
+    )
+    assert [r.ok for r in results] == [True, True, False, True]
+    assert isinstance(results[2].error, LocalProtocolError)
+    assert not any("bad sender" in c for c in server.commands)

@@ -171,6 +171,7 @@ class TransactionEngine:
         self._open: dict[int, _Txn] = {}  # taken and not yet complete
         self._waiting: deque[_Txn] = deque(self._prepare(m) for m in messages)
         self._any_body_sent = False
+        self._checked_sender: tuple[str, bool] | None = None
         self._expect: deque[tuple[_Kind, _Txn | None, str]] = deque()
         self._out: list[bytes] = []
         self._needs_rset = needs_rset
@@ -312,6 +313,8 @@ class TransactionEngine:
         body = None
         if not msg.data.isascii() and self._caps.eightbitmime:
             body = "8BITMIME"
+        # A stream usually comes from one sender: validate it once, not per message.
+        checked = self._checked_sender == (msg.sender, smtputf8)
         mail = commands.mail_from(
             msg.sender,
             size=len(msg.data) if self._caps.size is not None else None,
@@ -319,7 +322,9 @@ class TransactionEngine:
             smtputf8=smtputf8,
             ret=msg.ret if self._caps.dsn else None,
             envid=msg.envid if self._caps.dsn else None,
+            checked=checked,
         )
+        self._checked_sender = (msg.sender, smtputf8)
         notify = msg.notify if self._caps.dsn else None
         cmds = [(_Kind.MAIL, mail, "")]
         cmds.extend(

@@ -201,9 +201,14 @@ def mail_from(
     smtputf8: bool = False,
     ret: str | None = None,
     envid: str | None = None,
+    checked: bool = False,
 ) -> bytes:
-    """MAIL FROM:<sender> with optional SIZE, BODY, SMTPUTF8, RET and ENVID parameters."""
-    validate_address(sender, smtputf8=smtputf8, allow_empty=True)
+    """MAIL FROM:<sender> with optional SIZE, BODY, SMTPUTF8, RET and ENVID parameters.
+
+    `checked=True`: the caller already ran validate_address on this sender (with the same
+    smtputf8), e.g. for the previous message of a stream from one sender."""
+    if not checked:
+        validate_address(sender, smtputf8=smtputf8, allow_empty=True)
     if size is None and body is None and not smtputf8 and ret is None and envid is None:
         return b"MAIL FROM:<" + sender.encode("ascii") + b">\r\n"
     params: list[str] = []
