@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from mxpress.client.session import SessionOptions
 from mxpress.delivery.batcher import Batcher, Delivery
 from mxpress.delivery.result import Outcome, RecipientResult, SendResult
-from mxpress.delivery.router import Router, domain_of
+from mxpress.delivery.router import Candidate, Router, domain_of
 from mxpress.errors import DeliveryError, DNSError, LocalProtocolError, MxpressError
 from mxpress.pool import Pool
 from mxpress.protocol.client import Outgoing
@@ -100,6 +100,7 @@ class Deliverer:
 
     async def _deliver_domain(self, domain: str, parts: list[_Part]) -> None:
         start = self._clock()
+        candidates: list[Candidate] = []
         try:
             candidates = await self.router.candidates(domain)
         except DNSError as exc:
@@ -110,9 +111,12 @@ class Deliverer:
             return
         finally:
             if domain:
+                # Two phases: the MX answer, then the MX hosts' addresses (A/AAAA).
                 elapsed = self._clock() - start
+                address = min(elapsed, candidates[0].dns_address_seconds if candidates else 0.0)
+                phases = {"dns_mx": elapsed - address, "dns_addr": address}
                 for part in parts:
-                    part.result.add_timings({"dns": elapsed})
+                    part.result.add_timings(phases)
         if candidates and candidates[0].dns_cache:
             for part in parts:
                 part.result.dns[domain] = candidates[0].dns_cache

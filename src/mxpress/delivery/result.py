@@ -38,8 +38,9 @@ class SendResult:
 
     sender: str
     recipients: dict[str, RecipientResult] = field(default_factory=dict)
-    # Phase durations in seconds (dns, pool, connect, tls, ehlo, ..., end_of_data) of the
-    # attempts made, summed per phase when several destinations were involved.
+    # Phase durations in seconds (dns_mx, dns_addr, queue, pool, connect, tls, ehlo, ...,
+    # end_of_data) of the attempts made, summed per phase when several destinations were
+    # involved.
     timings: dict[str, float] = field(default_factory=dict)
     new_sessions: int = 0
     reused_sessions: int = 0

@@ -82,6 +82,7 @@ class Candidate:
     mx: str  # MX host name ("" for a relay or an address literal)
     preference: int = 0
     dns_cache: str = ""  # how the MX answer came: "hit", "miss" or "stale" ("": no DNS)
+    dns_address_seconds: float = 0.0  # of the lookup, the time spent on A/AAAA
 
 
 class Router:
@@ -119,6 +120,7 @@ class Router:
                         host.name,
                         host.preference,
                         cache,
+                        route.address_seconds,
                     )
                 )
         if not out:

@@ -60,6 +60,9 @@ class MXRoute:
     stale: bool = False
     # Set only by `Resolver.mx(..., raise_errors=False)`: why the lookup failed.
     error: DNSError | None = None
+    # Of the time this lookup took, the seconds spent on the hosts' addresses (A/AAAA)
+    # after the MX answer (0 when they came from the cache): the "DNS address" phase.
+    address_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:

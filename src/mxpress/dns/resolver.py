@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -199,13 +200,18 @@ class Resolver:
             self._cached_host(r.exchange) if use_cache else None for r in records
         ]
         missing = [i for i, res in enumerate(results) if res is None]
+        address_seconds = 0.0
         if missing:
+            start = time.perf_counter()
             loaded = await asyncio.gather(
                 *(self._load_host(records[i].exchange, use_cache) for i in missing)
             )
+            address_seconds = time.perf_counter() - start
             for i, res in zip(missing, loaded, strict=True):
                 results[i] = res
-        return self._finish(name, entry, from_cache, records, implicit, cast(list[_Host], results))
+        route = self._finish(name, entry, from_cache, records, implicit, cast(list[_Host], results))
+        route.address_seconds = address_seconds
+        return route
 
     def _plan(self, name: str, entry: Entry) -> tuple[list[MXRecord], bool]:
         """The hosts to resolve, in delivery order, and whether the MX is implicit."""

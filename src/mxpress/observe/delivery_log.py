@@ -11,7 +11,7 @@ A line (keys always present; null when unknown):
     {"ts": "2025-01-02T03:04:05.678Z", "queue_id": "...", "message_id": "<a@b>",
      "sender": "app@x.test", "recipient": "user@example.test", "attempt": 1,
      "outcome": "delivered", "reply": "250 2.0.0 OK", "host": "mx1.example.test:25",
-     "ip": "192.0.2.1", "mx": "mx1.example.test", "timings": {"dns": 0.02, ...} (ms),
+     "ip": "192.0.2.1", "mx": "mx1.example.test", "timings": {"dns_mx": 0.02, ...} (ms),
      "new_session": true, "tls": "resumed", "next_attempt": null}
 
 tls: "full" / "resumed" (this attempt opened a TLS session), "none" (it opened a
