@@ -108,10 +108,14 @@ class _Kind(Enum):
     BDAT = "bdat"
 
 
+_STAMPED = frozenset({_Kind.MAIL, _Kind.END_OF_DATA, _Kind.BDAT})
+
+
 class _Txn:
     """Progress of one message through the engine."""
 
     __slots__ = (
+        "accepted",
         "body_sent_at",
         "completed",
         "data_reply_at",
@@ -137,10 +141,11 @@ class _Txn:
         self.rcpt_reply_at = 0.0
         self.data_reply_at = 0.0
         self.body_sent_at = 0.0
+        self.accepted = 0  # recipients the server took at RCPT
 
     @property
     def any_accepted(self) -> bool:
-        return any(r is not None and r.ok for r in self.result.recipients.values())
+        return self.accepted > 0
 
 
 class TransactionEngine:
@@ -172,6 +177,7 @@ class TransactionEngine:
         self._waiting: deque[_Txn] = deque(self._prepare(m) for m in messages)
         self._any_body_sent = False
         self._checked_sender: tuple[str, bool] | None = None
+        self._stamp: list[tuple[_Kind, _Txn]] = []  # written next flight: time to stamp
         self._expect: deque[tuple[_Kind, _Txn | None, str]] = deque()
         self._out: list[bytes] = []
         self._needs_rset = needs_rset
@@ -215,16 +221,18 @@ class TransactionEngine:
         """The next flight to write (b"" when the engine waits for replies)."""
         if not self._out:
             return b""
-        for kind, txn, _ in self._expect:
-            if txn is not None:
-                if kind is _Kind.MAIL and not txn.mail_at:
-                    txn.mail_at = now
-                elif kind in (_Kind.END_OF_DATA, _Kind.BDAT) and not txn.result.body_sent:
-                    txn.body_sent_at = now
-                    txn.result.body_sent = True
-                    self._any_body_sent = True
-        flight = b"".join(self._out)
-        self._out.clear()
+        # Stamp what this flight starts: a MAIL (the message's start), a body (sent).
+        for kind, txn in self._stamp:
+            if kind is _Kind.MAIL:
+                txn.mail_at = now
+            else:
+                txn.body_sent_at = now
+                txn.result.body_sent = True
+                self._any_body_sent = True
+        self._stamp.clear()
+        out = self._out
+        flight = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         return flight
 
     def receive(self, reply: Reply, now: float = 0.0) -> None:
@@ -259,6 +267,8 @@ class TransactionEngine:
                 self._start_next()
         elif kind is _Kind.RCPT:
             txn.result.recipients[recipient] = reply
+            if reply.ok:
+                txn.accepted += 1
             txn.rcpts_pending -= 1
             if txn.rcpts_pending == 0:
                 txn.rcpt_reply_at = now
@@ -379,6 +389,8 @@ class TransactionEngine:
     def _send(self, kind: _Kind, line: bytes, txn: _Txn | None, rcpt: str) -> None:
         self._out.append(line)
         self._expect.append((kind, txn, rcpt))
+        if txn is not None and kind in _STAMPED:
+            self._stamp.append((kind, txn))
 
     # -- lock-step (server without PIPELINING) ---------------------------------------
 
