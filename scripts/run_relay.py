@@ -41,6 +41,7 @@ class PrintingSink:
 
 def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel("WARNING")  # the dev sink's per-command chatter
     config = Path(__file__).resolve().parent.parent / "examples" / "dev.toml"
     sink = Controller(PrintingSink(), hostname="127.0.0.1", port=2526)
     sink.start()
