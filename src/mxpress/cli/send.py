@@ -17,17 +17,11 @@ from mxpress.cli.bulk import load_bulk
 from mxpress.cli.options import connection_options
 from mxpress.client.session import TLSMode, connect
 from mxpress.delivery.result import Outcome, SendResult
+from mxpress.delivery.router import relay_scheme
 from mxpress.errors import ConfigError, MxpressError
 from mxpress.mailer import Mailer
 from mxpress.message import build_message, to_bytes
 from mxpress.protocol.client import TransactionResult
-
-_RELAY_SCHEMES = {
-    TLSMode.OPPORTUNISTIC: "smtp",
-    TLSMode.REQUIRED: "smtp+starttls",
-    TLSMode.IMPLICIT: "smtps",
-    TLSMode.NONE: "smtp+plain",
-}
 
 
 def parse_server(value: str) -> tuple[str, int]:
@@ -53,7 +47,7 @@ def relay_url(server: str, mode: TLSMode, user: str | None, password: str | None
 
         auth = f"{quote(user, safe='')}:{quote(password or '', safe='')}@"
     where = f"[{host}]" if ":" in host else host
-    return f"{_RELAY_SCHEMES[mode]}://{auth}{where}:{port}"
+    return f"{relay_scheme(mode)}://{auth}{where}:{port}"
 
 
 def _fail(reason: object, code: int = 1) -> None:

@@ -116,8 +116,6 @@ class Session:
         # Set when a transaction run breaks the session: was any body already written?
         # False means nothing can have been delivered, so a retry elsewhere is safe.
         self.body_sent_before_failure = False
-        # Results of the last send/send_many, complete or not (after a failure: how far it got).
-        self.last_results: list[TransactionResult] = []
         self.last_incomplete: list[tuple[int, TransactionResult]] = []
 
     # -- properties ----------------------------------------------------------------
@@ -332,7 +330,6 @@ class Session:
                 batch, self.capabilities, needs_rset=self._needs_rset, host=self.host
             )
             self.uses += 1
-            self.last_results = engine.results
             await self._run(engine)
             self._needs_rset = engine.needs_rset
             results = engine.results
@@ -395,7 +392,7 @@ class Session:
                     engine.receive(reply, now)
         except BaseException:
             self.body_sent_before_failure = engine.body_sent
-            self._broken()
+            self.close()
             raise
 
     async def probe(self, sender: str, recipients: Sequence[str]) -> TransactionResult:
@@ -424,7 +421,7 @@ class Session:
                         replies.append(await self._command(line, "rcpt"))
                 result.timings["mail"] = clock() - start
             except BaseException:
-                self._broken()
+                self.close()
                 raise
             if self._needs_rset:
                 replies.pop(0)
@@ -455,10 +452,10 @@ class Session:
             try:
                 reply = await self._command(line, phase)
             except BaseException:
-                self._broken()
+                self.close()
                 raise
             if reply.code == 421:
-                self._broken()
+                self.close()
                 raise error_for_reply(
                     "server is closing the session", reply, host=self.host, phase=phase
                 )
@@ -483,9 +480,6 @@ class Session:
         """Close without QUIT."""
         self._closed = True
         self._stream.close()
-
-    def _broken(self) -> None:
-        self.close()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -25,6 +25,11 @@ _SCHEMES = {
 }
 
 
+def relay_scheme(mode: TLSMode) -> str:
+    """The relay URL scheme that means `mode` (the inverse of what parse_relay reads)."""
+    return next(scheme for scheme, (tls, _) in _SCHEMES.items() if tls is mode)
+
+
 def parse_relay(url: str, *, base: SessionOptions) -> SessionOptions:
     """`smtp://user:pass@host:port` (STARTTLS when offered), `smtp+starttls://...` (TLS
     required), `smtps://...` (implicit TLS), `smtp+plain://...` (never TLS)."""
