@@ -36,6 +36,7 @@ def run_source(port: int, messages: int, sessions: int, size: int) -> float:
     subprocess.run(
         [
             source,
+            *SOURCE_FLAGS,
             "-s",
             str(sessions),
             "-m",
@@ -52,6 +53,9 @@ def run_source(port: int, messages: int, sessions: int, size: int) -> float:
         stdout=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
+
+
+SOURCE_FLAGS: list[str] = []  # ["-d"] with --reuse: many messages per connection
 
 
 def wait_for(sink: SmtpSink, target: int, timeout: float = 600) -> None:

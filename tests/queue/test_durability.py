@@ -11,12 +11,14 @@ import sys
 import textwrap
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mxpress.errors import QueueError
 from mxpress.queue import AttemptOutcome, MessageState, RecipientState, SQLiteQueue
+from mxpress.queue.groupcommit import GroupCommitWriter
 from tests.queue.conftest import FakeClock, msg
 
 DELIVERED = RecipientState.DELIVERED
@@ -147,6 +149,44 @@ async def test_one_failing_request_does_not_sink_its_batch(
     assert [type(r) for r in results].count(QueueError) == 1
     assert isinstance(results[50], QueueError)
     assert (await store.counts()).messages["active"] == 101
+
+
+async def test_a_request_that_fails_halfway_is_undone_alone_in_one_commit(
+    tmp_path: Path,
+) -> None:
+    # The batch runs without savepoints first; the failure sends it round again with one
+    # savepoint per request, inside the same transaction: one commit, one write undone.
+    def setup(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE t (v INTEGER)")
+
+    def insert(v: int) -> Callable[[sqlite3.Connection], int]:
+        def op(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO t VALUES (?)", (v,))
+            if v == 13:
+                raise ValueError("thirteen")  # after its write
+            return v
+
+        return op
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(tmp_path / "t.db", isolation_level=None, check_same_thread=False)
+
+    writer = GroupCommitWriter(connect, setup, window=0.2, max_batch=100)
+    await writer.start()
+    try:
+        results = await asyncio.gather(
+            *(writer.submit(insert(v)) for v in range(20)), return_exceptions=True
+        )
+        stored = await writer.submit(
+            lambda conn: sorted(v for (v,) in conn.execute("SELECT v FROM t"))
+        )
+    finally:
+        await writer.stop()
+    assert isinstance(results[13], ValueError)
+    assert [r for r in results if not isinstance(r, ValueError)] == stored
+    assert stored == [v for v in range(20) if v != 13]
+    stats = writer.stats
+    assert (stats.batches, stats.commits, stats.failed) == (2, 2, 1)  # 20 writes + 1 read
 
 
 async def test_cancelled_enqueue_that_has_not_run_is_not_stored(db_path: Path) -> None:

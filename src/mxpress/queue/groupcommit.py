@@ -2,9 +2,10 @@
 
 Coroutines hand the writer small functions (`op(conn) -> value`). The thread takes every
 request that has arrived (waiting at most `window` seconds for more, up to `max_batch`),
-runs them in ONE transaction, each inside its own SAVEPOINT so that a failing request
-rolls back alone, and commits: with `synchronous=FULL` that COMMIT is the fsync. Only
-then is each request's future resolved, so "the future resolved" means "on disk".
+runs them in ONE transaction (if one request fails, the batch runs again with a
+SAVEPOINT per request, so that the failure rolls back alone), and commits: with
+`synchronous=FULL` that COMMIT is the fsync. Only then is each request's future
+resolved, so "the future resolved" means "on disk".
 
 SQLite allows one writer at a time anyway; a single thread owning the connection means
 no lock contention inside the process and no event-loop blocking on disk.
@@ -182,7 +183,6 @@ class GroupCommitWriter:
         return batch, False
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Request[Any]]) -> None:
-        done: list[_Outcome] = []
         runnable: list[_Request[Any]] = []
         for request in batch:
             # Reading a future's state from this thread is a benign race: at worst the
@@ -198,8 +198,7 @@ class GroupCommitWriter:
         self._max_seen = max(self._max_seen, len(runnable))
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for request in runnable:
-                done.append(_run_one(conn, request))
+            done = self._run_all(conn, runnable)
             conn.execute("COMMIT")
         except Exception as exc:
             # The transaction itself failed (busy, disk full, I/O): nothing of it is stored.
@@ -212,6 +211,21 @@ class GroupCommitWriter:
         self._commits += 1
         self._failed += sum(1 for _, _, exc in done if exc is not None)
         self._deliver(done)
+
+    @staticmethod
+    def _run_all(conn: sqlite3.Connection, runnable: list[_Request[Any]]) -> list[_Outcome]:
+        """Run the batch inside the open transaction. Optimistically first, without a
+        savepoint per request: each statement hands the GIL to the event loop and back,
+        and savepoints would double the statements of a typical request. If a request
+        fails, everything is rolled back and the batch runs again with a savepoint per
+        request, so that the failure is the only thing undone (requests are plain
+        functions of the connection, so running one again is safe)."""
+        try:
+            return [(request, request.op(conn), None) for request in runnable]
+        except Exception:
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+        return [_run_one(conn, request) for request in runnable]
 
     @staticmethod
     def _deliver(outcomes: list[_Outcome]) -> None:

@@ -6,6 +6,7 @@ and never commit. See sqlite_schema.py for the meaning of `next_due` and the lea
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import sqlite3
 from collections.abc import Sequence
@@ -34,13 +35,17 @@ def enqueue(
     data: bytes,
     now: float,
     ids: IdGenerator,
+    lease: tuple[str, float] | None = None,
 ) -> str:
+    """Insert a message; with `lease` (token, expiry) it is stored already leased."""
+    token, expires = lease if lease is not None else (None, None)
     for _ in range(3):
         message_id = ids.new(now)
         try:
             conn.execute(
                 "INSERT INTO messages (id, sender, state, created_at, size, is_bounce, origin,"
-                " envid, next_due) VALUES (?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+                " envid, next_due, lease_token, lease_expires)"
+                " VALUES (?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message_id,
                     message.sender,
@@ -49,7 +54,9 @@ def enqueue(
                     int(message.is_bounce),
                     message.origin,
                     message.envid,
-                    now,
+                    now if expires is None else expires,
+                    token,
+                    expires,
                 ),
             )
         except sqlite3.IntegrityError:
@@ -77,13 +84,9 @@ def enqueue_leased(
 ) -> Lease:
     """Store and lease in one transaction; the lease is built from what was just written
     (no read back)."""
-    message_id = enqueue(conn, message, recipients, data, now, ids)
     token = secrets.token_hex(8)
     expires = now + lease_seconds
-    conn.execute(
-        "UPDATE messages SET lease_token = ?, lease_expires = ?, next_due = ? WHERE id = ?",
-        (token, expires, expires, message_id),
-    )
+    message_id = enqueue(conn, message, recipients, data, now, ids, (token, expires))
     statuses = tuple(
         RecipientStatus(r, RecipientState.PENDING, 0, now, "", "", now) for r in recipients
     )
@@ -194,59 +197,64 @@ def record(
 
     A final state is never undone: if the lease ran out and another worker finished a
     recipient meanwhile, this attempt's news about that recipient is dropped. A lease
-    that is still someone else's is left alone."""
+    that is still someone else's is left alone.
+
+    One read and at most three writes: this runs once per delivery attempt, and every
+    statement costs the writer thread a GIL hand-off, so the new message state is
+    derived here from the row just read instead of being read back."""
     message_id = lease.message.id
-    head = conn.execute("SELECT lease_token FROM messages WHERE id = ?", (message_id,)).fetchone()
-    if head is None:
+    rows = conn.execute(
+        "SELECT m.lease_token, m.state, r.idx, r.address, r.state, r.attempts,"
+        " r.next_attempt, r.last_reply, r.last_host, r.updated_at"
+        " FROM messages m JOIN recipients r ON r.message_id = m.id"
+        " WHERE m.id = ? ORDER BY r.idx",
+        (message_id,),
+    ).fetchall()
+    if not rows:
         raise QueueError(f"message {message_id} is no longer in the queue (deleted?)")
-    current = {
-        address: (idx, state, attempts)
-        for idx, address, state, attempts in conn.execute(
-            "SELECT idx, address, state, attempts FROM recipients WHERE message_id = ?",
-            (message_id,),
-        )
-    }
+    token, message_state = rows[0][0], rows[0][1]
+    current = {row[3]: list(row[2:]) for row in rows}  # address -> [idx, address, state, ...]
     updates = []
     for outcome in outcomes:
-        if outcome.recipient not in current:
+        row = current.get(outcome.recipient)
+        if row is None:
             raise QueueError(f"{outcome.recipient!r} is not a recipient of message {message_id}")
         new_state = _outcome_state(outcome)
-        idx, state, attempts = current[outcome.recipient]
-        if state not in _OPEN:
+        if row[2] not in _OPEN:
             continue
-        attempts += 1
+        attempts = row[3] + 1
         next_attempt = None
         if new_state is RecipientState.DEFERRED:
             next_attempt = outcome.next_attempt
             if next_attempt is None:
                 next_attempt = now + retry.next_delay(attempts)
-        updates.append(
-            (
-                str(new_state),
-                attempts,
-                next_attempt,
-                outcome.reply,
-                outcome.host,
-                now,
-                message_id,
-                idx,
-            )
-        )
+        row[2:] = [str(new_state), attempts, next_attempt, outcome.reply, outcome.host, now]
+        updates.append((*row[2:], message_id, row[0]))
     conn.executemany(
         "UPDATE recipients SET state = ?, attempts = ?, next_attempt = ?, last_reply = ?,"
         " last_host = ?, updated_at = ? WHERE message_id = ? AND idx = ?",
         updates,
     )
-    ours = head[0] is None or head[0] == lease.token
-    if ours:
+    ours = token is None or token == lease.token
+    due = [row[4] for row in current.values() if row[2] in _OPEN]
+    if not due:
+        message_state = str(MessageState.DONE)
+        _mark_done(conn, message_id)
+    elif ours:
+        times = [t for t in due if t is not None]
         conn.execute(
-            "UPDATE messages SET lease_token = NULL, lease_expires = NULL WHERE id = ?",
-            (message_id,),
+            "UPDATE messages SET lease_token = NULL, lease_expires = NULL, next_due = ?"
+            " WHERE id = ?",
+            (min(times) if times else None, message_id),
         )
-    refresh(conn, message_id)
-    message = reads.get(conn, message_id)
-    assert message is not None
-    return message, ours
+    # Otherwise another worker's lease stands, and with it next_due = its expiry.
+    statuses = tuple(
+        RecipientStatus(address, RecipientState(state), *rest)
+        for _, address, state, *rest in current.values()
+    )
+    return dataclasses.replace(
+        lease.message, state=MessageState(message_state), recipients=statuses, data=None
+    ), ours
 
 
 def _outcome_state(outcome: AttemptOutcome) -> RecipientState:
@@ -288,19 +296,23 @@ def refresh(conn: sqlite3.Connection, message_id: str) -> None:
         (message_id,),
     ).fetchone()
     if row[0] == 0:
-        # Done: the body is no longer needed (a DSN was built from the lease's copy).
-        conn.execute(
-            "UPDATE messages SET state = 'done', next_due = NULL, lease_token = NULL,"
-            " lease_expires = NULL WHERE id = ?",
-            (message_id,),
-        )
-        conn.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
+        _mark_done(conn, message_id)
     else:
         conn.execute(
             "UPDATE messages SET next_due = CASE WHEN lease_token IS NULL THEN ?"
             " ELSE lease_expires END WHERE id = ?",
             (row[1], message_id),
         )
+
+
+def _mark_done(conn: sqlite3.Connection, message_id: str) -> None:
+    # The body is no longer needed (a DSN was built from the lease's copy).
+    conn.execute(
+        "UPDATE messages SET state = 'done', next_due = NULL, lease_token = NULL,"
+        " lease_expires = NULL WHERE id = ?",
+        (message_id,),
+    )
+    conn.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
 
 
 def set_held(conn: sqlite3.Connection, message_id: str, held: bool) -> bool:
