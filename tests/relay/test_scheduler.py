@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import time
 from collections.abc import AsyncIterator, Callable
 from email import policy
 from pathlib import Path
@@ -204,3 +205,60 @@ async def test_stop_gives_leases_back(
     # Not delivered, not lost: due again right away for the next run.
     [lease] = await store.lease_due(10**10, 10, 60)
     assert lease.message.id == message_id
+
+
+def narrow(store: SQLiteQueue, mailer: Mailer, seen: Seen, ready: int) -> Scheduler:
+    """One delivery at a time per domain, and a park long enough to fail any test."""
+    return Scheduler(
+        store,
+        mailer,
+        FAST,
+        hostname="relay.test",
+        poll_interval=0.05,
+        observer=seen,
+        per_domain=1,
+        ready_per_domain=ready,
+        park_seconds=3600,
+    )
+
+
+async def test_a_burst_for_one_domain_waits_in_its_ready_queue_not_in_a_park(
+    store: SQLiteQueue, sink_server: AiosmtpdServer, sink_handler: RecordingHandler
+) -> None:
+    seen = Seen()
+    async with Mailer(f"smtp+plain://{sink_server.host}:{sink_server.port}", timeout=10) as m:
+        s = narrow(store, m, seen, ready=10)
+        s.start()
+        for i in range(8):
+            await store.enqueue(NewMessage("a@x.test", [f"r{i}@example.test"], MSG))
+        s.wake()
+        await run_until(store, lambda: s.stats.delivered >= 8)
+        await s.stop()
+    assert len(sink_handler.messages) == 8
+    assert s.stats.parked == 0 and s.stats.readied >= 7
+
+
+async def test_a_full_ready_queue_parks_and_stop_returns_the_waiting_leases(
+    store: SQLiteQueue, sink_server: AiosmtpdServer, sink_handler: RecordingHandler
+) -> None:
+    sink_handler.delays = {"MAIL": 5.0}  # the first delivery holds the domain's one slot
+    seen = Seen()
+    async with Mailer(f"smtp+plain://{sink_server.host}:{sink_server.port}", timeout=10) as m:
+        s = narrow(store, m, seen, ready=2)
+        s.start()
+        ids = [
+            await store.enqueue(NewMessage("a@x.test", [f"r{i}@example.test"], MSG))
+            for i in range(5)
+        ]
+        s.wake()
+        await run_until(store, lambda: s.stats.parked == 2)
+        assert s.in_flight == 1 and s.stats.readied == 2
+        await s.stop(grace=0.1)
+    assert not sink_handler.messages
+    # The in-flight one and the two that waited are due again now; the parked two later.
+    due = {lease.message.id for lease in await store.lease_due(time.time() + 60, 10, 60)}
+    assert len(due) == 3 and due < set(ids)
+    for parked in set(ids) - due:
+        stored = await store.get(parked)
+        assert stored is not None
+        assert (stored.recipients[0].next_attempt or 0) > time.time() + 3000

@@ -3,9 +3,12 @@
 - Pages due messages in (`lease_due`, a bounded batch at a time): the queue can hold
   millions, memory holds only what is being delivered.
 - At most `concurrency` messages in flight, and at most `per_domain` for one recipient
-  domain: a message for a saturated domain goes back to the queue for a short while
-  instead of holding a slot, so a slow destination never holds up the others (a dead one
-  fails fast anyway: connect backoff in the pool).
+  domain. A message for a saturated domain waits, still leased, in that domain's ready
+  queue (bounded: `ready_per_domain`, and `concurrency` in all) and starts the moment one
+  of the domain's deliveries ends; only when that queue is full does it go back to the
+  store for `park_seconds`. So a slow destination never holds up the others (a dead one
+  fails fast anyway: connect backoff in the pool), and a burst for one domain is not
+  scattered into park delays.
 - Per recipient: delivered; deferred with the retry policy's next time; bounced on a 5xx
   or once the queue lifetime is over, with an RFC 3464 DSN to the sender (never to `<>`,
   never for a bounce). The DSN is queued before the outcome is recorded: a crash between
@@ -18,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -52,7 +55,8 @@ class SchedulerStats:
     deferred: int = 0
     bounced: int = 0
     dsn_sent: int = 0
-    parked: int = 0  # messages put back because their domain was saturated
+    parked: int = 0  # messages put back because their domain and its ready queue were full
+    readied: int = 0  # messages that waited in a domain's ready queue for a free slot
     errors: int = 0
     expired: int = 0  # recipients bounced by the expiry sweep (no attempt due); in bounced too
 
@@ -71,6 +75,7 @@ class Scheduler:
         poll_interval: float = 1.0,
         batch: int = 200,
         park_seconds: float = 5.0,
+        ready_per_domain: int | None = None,
         expiry_interval: float = 60.0,
         clock: Clock = time.time,
         observer: Observer | None = None,
@@ -85,6 +90,9 @@ class Scheduler:
         self._poll = poll_interval
         self._batch = batch
         self._park = park_seconds
+        self._ready_limit = per_domain if ready_per_domain is None else ready_per_domain
+        self._ready: dict[str, deque[Lease]] = {}
+        self._ready_count = 0
         self._expiry_interval = expiry_interval
         self._clock = clock
         self._observer = observer
@@ -117,6 +125,11 @@ class Scheduler:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+        waiting = [lease for ready in self._ready.values() for lease in ready]
+        self._ready.clear()
+        self._ready_count = 0
+        for lease in waiting:  # never started: back to the queue, due as they were
+            await self._store.release(lease)
 
     @property
     def in_flight(self) -> int:
@@ -156,10 +169,14 @@ class Scheduler:
             domain = domain_of(recipient)
         except MxpressError:
             domain = ""
-        return (
-            not self._stopping
-            and len(self._tasks) < self._concurrency
-            and self._by_domain[domain] < self._per_domain
+        if self._stopping or len(self._tasks) >= self._concurrency:
+            return False
+        return self._by_domain[domain] < self._per_domain or self._ready_room(domain)
+
+    def _ready_room(self, domain: str) -> bool:
+        ready = self._ready.get(domain)
+        return self._ready_count < self._concurrency and (
+            ready is None or len(ready) < self._ready_limit
         )
 
     @property
@@ -173,22 +190,45 @@ class Scheduler:
 
     async def _dispatch(self, lease: Lease, now: float) -> None:
         domain = _domain(lease.message)
-        if self._by_domain[domain] >= self._per_domain:
+        if self._by_domain[domain] < self._per_domain:
+            self._start(lease, domain)
+        elif self._ready_room(domain):
+            self.stats.readied += 1
+            self._ready.setdefault(domain, deque()).append(lease)
+            self._ready_count += 1
+        else:
             self.stats.parked += 1
             await self._store.release(lease, retry_at=now + self._park)
-            return
+
+    def _start(self, lease: Lease, domain: str) -> None:
         self._by_domain[domain] += 1
         task = asyncio.get_running_loop().create_task(self._deliver(lease, domain))
         self._tasks.add(task)
+        task.add_done_callback(lambda t: self._finished(t, domain))
 
-        def done(t: asyncio.Task[None]) -> None:
-            self._tasks.discard(t)
-            self._by_domain[domain] -= 1
-            if not self._by_domain[domain]:
-                del self._by_domain[domain]
-            self._wake.set()  # a slot is free
+    def _finished(self, task: asyncio.Task[None], domain: str) -> None:
+        self._tasks.discard(task)
+        self._by_domain[domain] -= 1
+        if not self._by_domain[domain]:
+            del self._by_domain[domain]
+        ready = self._ready.get(domain)
+        while ready and not self._stopping:
+            lease = ready.popleft()
+            self._ready_count -= 1
+            if not ready:
+                del self._ready[domain]
+            # A lease that waited most of its time away goes back rather than risk
+            # running out mid-delivery (and being leased twice).
+            if lease.expires_at - self._clock() > self._lease_seconds / 2:
+                self._start(lease, domain)
+                break
+            self._release_later(lease)
+        self._wake.set()  # a slot is free
 
-        task.add_done_callback(done)
+    def _release_later(self, lease: Lease) -> None:
+        task = asyncio.get_running_loop().create_task(self._store.release(lease))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- one attempt ----------------------------------------------------------------------
 

@@ -327,8 +327,13 @@ def _scheduler_metrics(stats: SchedulerStats) -> Iterable[Metric]:
         stats.expired,
     )
     yield _counter(
+        "mxpress_scheduler_readied",
+        "Messages that waited (leased, in memory) for a free slot of their domain",
+        stats.readied,
+    )
+    yield _counter(
         "mxpress_scheduler_parked",
-        "Messages put back for a while because their domain was at its concurrency limit",
+        "Messages put back for a while: their domain and its ready queue were full",
         stats.parked,
     )
     yield _counter("mxpress_scheduler_errors", "Scheduler errors (see the log)", stats.errors)
