@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from mxpress.client.session import SessionOptions, TLSMode
 from mxpress.client.timeouts import Timeouts
-from mxpress.dns.mx import normalize_domain
+from mxpress.dns.mx import fast_normalize, normalize_domain
 from mxpress.dns.resolver import Resolver
 from mxpress.errors import ConfigError, DNSError
 
@@ -69,7 +69,7 @@ def domain_of(address: str) -> str:
         raise ConfigError(f"recipient {address!r} has no domain")
     if domain.startswith("[") and domain.endswith("]"):
         return domain  # an address literal routes to itself
-    return normalize_domain(domain)
+    return fast_normalize(domain) or normalize_domain(domain)  # once per message or more
 
 
 def group_by_domain(recipients: Iterable[str]) -> dict[str, list[str]]:
