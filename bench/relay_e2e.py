@@ -1,6 +1,12 @@
 """End-to-end durable relay throughput: smtp-source → relay → smtp-sink, one run.
 
     .venv/bin/python bench/relay_e2e.py [--messages 20000] [--sessions 20] [--size 1024]
+        [--reuse] [--repeat 1]
+
+--reuse: smtp-source sends every message of a session over one connection (`-d`), as a
+pooled client does; without it, one connection per message (smtp-source's default).
+--repeat: alternate Postfix and mxpress that many times; each pair gives a ratio, and
+the table ends with the median (this 2-core machine varies by ~10% run to run).
 
 Both relays fsync a message before their 250 (mxpress: SQLite WAL commit, group-committed;
 Postfix: its queue file) and relay everything to the same Postfix smtp-sink:
@@ -19,10 +25,12 @@ import re
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,19 +38,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.lab.servers import SmtpSink, free_port, postfix_smtpd, require_binary, smtp_sink
 
 
-def run_source(port: int, messages: int, sessions: int, size: int) -> float:
+@dataclass(frozen=True)
+class Load:
+    messages: int
+    sessions: int
+    size: int
+    reuse: bool
+
+
+@dataclass(frozen=True)
+class Row:
+    relay: str
+    messages: int
+    submitted: float  # msgs/s until smtp-source had every 250
+    end_to_end: float  # msgs/s until the sink counted every message
+    p50_ms: float
+    p99_ms: float
+
+    def markdown(self) -> str:
+        return (
+            f"| {self.relay} | {self.messages} | {self.submitted:,.0f} | {self.end_to_end:,.0f}"
+            f" | {self.p50_ms:.0f} | {self.p99_ms:.0f} |"
+        )
+
+
+def run_source(port: int, load: Load) -> float:
     source = require_binary("smtp-source")
     start = time.perf_counter()
     subprocess.run(
         [
             source,
-            *SOURCE_FLAGS,
+            *(["-d"] if load.reuse else []),
             "-s",
-            str(sessions),
+            str(load.sessions),
             "-m",
-            str(messages),
+            str(load.messages),
             "-l",
-            str(size),
+            str(load.size),
             "-f",
             "load@source.test",
             "-t",
@@ -53,9 +85,6 @@ def run_source(port: int, messages: int, sessions: int, size: int) -> float:
         stdout=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
-
-
-SOURCE_FLAGS: list[str] = []  # ["-d"] with --reuse: many messages per connection
 
 
 def wait_for(sink: SmtpSink, target: int, timeout: float = 600) -> None:
@@ -73,8 +102,10 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     return values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.99))]
 
 
-def bench_mxpress(tmp: Path, sink: SmtpSink, n: int, sessions: int, size: int) -> list[str]:
+def bench_mxpress(tmp: Path, sink: SmtpSink, load: Load) -> Row:
+    n, size = load.messages, load.size
     port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "mxpress.toml"
     config.write_text(
         f"""
@@ -115,7 +146,7 @@ poll_interval = 0.05
                 time.sleep(0.05)
         base = sink.message_count()
         start = time.perf_counter()
-        submit = run_source(port, n, sessions, size)
+        submit = run_source(port, load)
         wait_for(sink, base + n)
         total = time.perf_counter() - start
     finally:
@@ -127,13 +158,11 @@ poll_interval = 0.05
         " ON m.id = r.message_id WHERE r.state = 'delivered'"
     ).fetchall()
     p50, p99 = percentiles([r[0] for r in rows])
-    return [
-        f"| mxpress serve | {n} | {n / submit:,.0f} | {n / total:,.0f} | "
-        f"{p50 * 1e3:.0f} | {p99 * 1e3:.0f} |"
-    ]
+    return Row("mxpress serve", n, n / submit, n / total, p50 * 1e3, p99 * 1e3)
 
 
-def bench_postfix(tmp: Path, sink: SmtpSink, n: int, sessions: int, size: int) -> list[str]:
+def bench_postfix(tmp: Path, sink: SmtpSink, load: Load) -> Row:
+    n, size = load.messages, load.size
     port = free_port()
     relay = {
         "default_transport": "smtp",
@@ -149,17 +178,14 @@ def bench_postfix(tmp: Path, sink: SmtpSink, n: int, sessions: int, size: int) -
     with postfix_smtpd("127.0.0.1", port, tls=False, workdir=tmp, extra_config=relay) as pf:
         base = sink.message_count()
         start = time.perf_counter()
-        submit = run_source(port, n, sessions, size)
+        submit = run_source(port, load)
         wait_for(sink, base + n)
         total = time.perf_counter() - start
         delays = [float(d) for d in re.findall(r"status=sent.*?\bdelay=([0-9.]+)", pf.log())]
         if not delays:
             delays = [float(d) for d in re.findall(r"\bdelay=([0-9.]+),.*status=sent", pf.log())]
     p50, p99 = percentiles(delays)
-    return [
-        f"| Postfix relay | {n} | {n / submit:,.0f} | {n / total:,.0f} | "
-        f"{p50 * 1e3:.0f} | {p99 * 1e3:.0f} |"
-    ]
+    return Row("Postfix relay", n, n / submit, n / total, p50 * 1e3, p99 * 1e3)
 
 
 def main() -> None:
@@ -167,16 +193,24 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--reuse", action="store_true", help="smtp-source -d")
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
-    rows = []
+    load = Load(args.messages, args.sessions, args.size, args.reuse)
+    rows: list[Row] = []
+    ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="mxpress-e2e-") as tmp, smtp_sink() as sink:
-        rows += bench_postfix(Path(tmp) / "pf", sink, args.messages, args.sessions, args.size)
-        print(rows[-1], file=sys.stderr)
-        rows += bench_mxpress(Path(tmp), sink, args.messages, args.sessions, args.size)
-        print(rows[-1], file=sys.stderr)
+        for run in range(args.repeat):
+            postfix = bench_postfix(Path(tmp) / f"pf{run}", sink, load)
+            print(postfix.markdown(), file=sys.stderr)
+            mxpress = bench_mxpress(Path(tmp) / f"mx{run}", sink, load)
+            print(mxpress.markdown(), file=sys.stderr)
+            rows += [postfix, mxpress]
+            ratios.append(mxpress.end_to_end / postfix.end_to_end)
+    connections = "one connection per session (-d)" if load.reuse else "one per message"
     print(
-        f"\nsmtp-source ({args.sessions} sessions, {args.size} B) → relay → smtp-sink, "
-        "fsync before 250 on both"
+        f"\nsmtp-source ({load.sessions} sessions, {load.size} B, {connections}) → relay → "
+        "smtp-sink, fsync before 250 on both"
     )
     print(
         "| relay | messages | submitted msgs/s | end-to-end msgs/s | 250→delivered p50 ms "
@@ -184,7 +218,9 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(row)
+        print(row.markdown())
+    each = ", ".join(f"{r:.2f}x" for r in ratios)
+    print(f"\nend-to-end mxpress / Postfix: {each}; median {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":
