@@ -241,3 +241,14 @@ async def test_sender_validated_once_per_stream_but_always_checked() -> None:
     assert [r.ok for r in results] == [True, True, False, True]
     assert isinstance(results[2].error, LocalProtocolError)
     assert not any("bad sender" in c for c in server.commands)
+
+
+async def test_timings_recorded_when_every_recipient_is_refused() -> None:
+    # No end of data ever comes; MAIL and RCPT still took time, and the log shows it.
+    server = ScriptedServer(rcpt_replies={"r@b.test": "550 5.1.1 no such user"})
+    session, _ = await open_scripted(server)
+    [result] = await session.send_many([Outgoing("s@a.test", ["r@b.test"], MSG)])
+    assert not result.ok
+    assert {"mail", "rcpt", "total"} <= set(result.timings)
+    assert "end_of_data" not in result.timings
+    assert result.timings["total"] >= result.timings["mail"] >= 0

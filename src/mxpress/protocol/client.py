@@ -455,6 +455,10 @@ class TransactionEngine:
         if txn.completed:
             return
         txn.completed = True
+        if not txn.result.timings:
+            # Ended without an end of data (every recipient refused, DATA refused): the
+            # replies that did come still say where the time went.
+            self._record_timings(txn, None)
         del self._open[txn.index]
         if self._on_result is not None:
             self._on_result(txn.index, txn.result)
@@ -488,16 +492,23 @@ class TransactionEngine:
                 recipients=_replies(result),
             )
 
-    def _record_timings(self, txn: _Txn, now: float) -> None:
+    def _record_timings(self, txn: _Txn, now: float | None) -> None:
+        """Phase times; `now` is the final reply's arrival, None if there was none (the
+        total then ends at the last reply that came)."""
         t = txn.result.timings
-        if txn.mail_at:
-            t["mail"] = max(0.0, txn.mail_reply_at - txn.mail_at)
-            if txn.rcpt_reply_at:
-                t["rcpt"] = max(0.0, txn.rcpt_reply_at - txn.mail_reply_at)
-            if txn.data_reply_at:
-                t["data"] = max(0.0, txn.data_reply_at - (txn.rcpt_reply_at or txn.mail_reply_at))
+        if not txn.mail_at or not txn.mail_reply_at:
+            return
+        t["mail"] = max(0.0, txn.mail_reply_at - txn.mail_at)
+        if txn.rcpt_reply_at:
+            t["rcpt"] = max(0.0, txn.rcpt_reply_at - txn.mail_reply_at)
+        if txn.data_reply_at:
+            t["data"] = max(0.0, txn.data_reply_at - (txn.rcpt_reply_at or txn.mail_reply_at))
+        if now is not None:
             t["end_of_data"] = max(0.0, now - (txn.body_sent_at or txn.mail_at))
-            t["total"] = max(0.0, now - txn.mail_at)
+        end = (
+            now if now is not None else max(txn.data_reply_at, txn.rcpt_reply_at, txn.mail_reply_at)
+        )
+        t["total"] = max(0.0, end - txn.mail_at)
 
 
 def _replies(result: TransactionResult) -> dict[str, Reply]:
