@@ -12,11 +12,15 @@ from mxpress.dns.testing import FakeDNSServer
 from tests.dns.dns_helpers import (
     AUTH_MODE,
     LOCAL_MODE,
+    Dnsdist,
     Dnsmasq,
     FakeClock,
+    start_dnsdist,
     start_dnsmasq,
+    stop_dnsdist,
     stop_dnsmasq,
 )
+from tests.lab.servers import make_test_ca
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +47,16 @@ def dnsmasq_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
     server = start_dnsmasq(tmp_path_factory.mktemp("dnsmasq-auth"), AUTH_MODE)
     yield server
     stop_dnsmasq(server)
+
+
+@pytest.fixture(scope="session")
+def doh_server(dnsmasq: Dnsmasq, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsdist]:
+    """dnsdist serving DNS-over-HTTPS for the test zone, with a lab CA's certificate."""
+    workdir = tmp_path_factory.mktemp("dnsdist")
+    ca = make_test_ca(workdir)
+    server = start_dnsdist(workdir, dnsmasq, ca.cert_pem, ca.key_pem, ca.ca_pem)
+    yield server
+    stop_dnsdist(server)
 
 
 @pytest.fixture

@@ -146,3 +146,68 @@ def stop_dnsmasq(server: Dnsmasq) -> None:
         server.process.wait()
     if server.process.stdout is not None:
         server.process.stdout.close()
+
+
+@dataclass
+class Dnsdist:
+    """dnsdist answering DNS-over-HTTPS at `url`, forwarding to a dnsmasq."""
+
+    url: str
+    ca_pem: Path  # the CA that signed the server's certificate
+    process: subprocess.Popen[bytes]
+
+
+def start_dnsdist(
+    workdir: Path, upstream: Dnsmasq, cert_pem: Path, key_pem: Path, ca_pem: Path
+) -> Dnsdist:
+    """A real DoH server (PowerDNS dnsdist) in front of `upstream`, on 127.0.0.1 only,
+    presenting `cert_pem` (signed by `ca_pem`)."""
+    binary = shutil.which("dnsdist") or (
+        "/usr/bin/dnsdist" if os.path.exists("/usr/bin/dnsdist") else None
+    )
+    if binary is None:
+        message = "dnsdist is not installed (Debian package dnsdist)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    last_error = ""
+    for _ in range(3):  # the free ports may be taken between probe and bind
+        plain, doh = free_port(), free_port()
+        conf = workdir / "dnsdist.lua"
+        conf.write_text(
+            # No security poll: it would query the outside world.
+            'setSecurityPollSuffix("")\n'
+            f'setLocal("127.0.0.1:{plain}")\n'
+            f'newServer({{address="{upstream.address}", checkName="mx1.order.test."}})\n'
+            f'addDOHLocal("127.0.0.1:{doh}", "{cert_pem}", "{key_pem}", "/dns-query")\n'
+        )
+        process = subprocess.Popen(
+            [binary, "--supervised", "--disable-syslog", "-C", str(conf)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                # Up once it answers over its own plain port (its backend is checked).
+                query = dns.message.make_query("mx1.order.test", "A")
+                if dns.query.udp(query, "127.0.0.1", port=plain, timeout=0.2).answer:
+                    return Dnsdist(f"https://127.0.0.1:{doh}/dns-query", ca_pem, process)
+            except (dns.exception.Timeout, OSError):
+                pass
+            time.sleep(0.05)
+        process.kill()
+        out, _ = process.communicate()
+        last_error = out.decode(errors="replace")
+    pytest.fail(f"dnsdist did not start: {last_error}")
+
+
+def stop_dnsdist(server: Dnsdist) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(5)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+    if server.process.stdout is not None:
+        server.process.stdout.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import ssl
 import time
 from collections.abc import Sequence
 from typing import cast
@@ -75,7 +76,13 @@ def parse_nameserver(
                 f"nameserver {spec!r}: DNS-over-HTTPS needs dnspython's doh extra "
                 "(pip install 'dnspython[doh]')"
             )
-        return dns.nameserver.DoHNameserver(text, verify=tls_verify)
+        try:
+            verify = _doh_verify(tls_verify)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"nameserver {spec!r}: cannot load the CA certificates {tls_verify!s}: {exc}"
+            ) from exc
+        return dns.nameserver.DoHNameserver(text, verify=verify)  # type: ignore[arg-type]
     if lowered.startswith("tls://"):
         rest, _, tls_name = text[6:].partition("#")
         address, port = _split_host_port(rest, 853, spec)
@@ -86,6 +93,16 @@ def parse_nameserver(
         raise ConfigError(f"nameserver {spec!r}: unknown scheme; {_SPEC_HELP}")
     address, port = _split_host_port(text, 53, spec)
     return dns.nameserver.Do53Nameserver(address, port)
+
+
+def _doh_verify(tls_verify: TLSVerify) -> bool | ssl.SSLContext:
+    """A CA file or directory as an SSLContext: httpx deprecates paths for `verify`, and
+    dnspython hands the value to it unchanged (its annotation lags behind)."""
+    if isinstance(tls_verify, bool):
+        return tls_verify
+    if os.path.isdir(tls_verify):
+        return ssl.create_default_context(capath=tls_verify)
+    return ssl.create_default_context(cafile=tls_verify)
 
 
 def _have_doh() -> bool:
