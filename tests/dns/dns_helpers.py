@@ -138,14 +138,18 @@ def start_dnsmasq(
 
 
 def stop_dnsmasq(server: Dnsmasq) -> None:
-    server.process.terminate()
+    stop_process(server.process)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
     try:
-        server.process.wait(5)
+        process.wait(5)
     except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-    if server.process.stdout is not None:
-        server.process.stdout.close()
+        process.kill()
+        process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 @dataclass
@@ -203,11 +207,4 @@ def start_dnsdist(
 
 
 def stop_dnsdist(server: Dnsdist) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(5)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-    if server.process.stdout is not None:
-        server.process.stdout.close()
+    stop_process(server.process)
