@@ -262,3 +262,24 @@ async def test_a_full_ready_queue_parks_and_stop_returns_the_waiting_leases(
         stored = await store.get(parked)
         assert stored is not None
         assert (stored.recipients[0].next_attempt or 0) > time.time() + 3000
+
+
+async def test_overflow_of_a_fast_domain_is_parked_for_its_pace_not_park_seconds(
+    store: SQLiteQueue, sink_server: AiosmtpdServer, sink_handler: RecordingHandler
+) -> None:
+    seen = Seen()
+    async with Mailer(f"smtp+plain://{sink_server.host}:{sink_server.port}", timeout=10) as m:
+        s = narrow(store, m, seen, ready=2)  # park_seconds is an hour
+        s.start()
+        for i in range(3):  # one delivering, two waiting: the pace is learned
+            await store.enqueue(NewMessage("a@x.test", [f"first{i}@example.test"], MSG))
+        s.wake()
+        await run_until(store, lambda: s.stats.delivered >= 3)
+        assert s.stats.parked == 0
+        for i in range(8):  # more than the ready queue holds: some are parked
+            await store.enqueue(NewMessage("a@x.test", [f"then{i}@example.test"], MSG))
+        s.wake()
+        await run_until(store, lambda: s.stats.delivered >= 11, timeout=20)
+        await s.stop()
+    assert s.stats.parked >= 1
+    assert len(sink_handler.messages) == 11

@@ -6,9 +6,10 @@
   domain. A message for a saturated domain waits, still leased, in that domain's ready
   queue (bounded: `ready_per_domain`, and `concurrency` in all) and starts the moment one
   of the domain's deliveries ends; only when that queue is full does it go back to the
-  store for `park_seconds`. So a slow destination never holds up the others (a dead one
-  fails fast anyway: connect backoff in the pool), and a burst for one domain is not
-  scattered into park delays.
+  store ("parked") for about as long as the queue ahead of it takes to drain, judged by
+  how fast the domain's deliveries have been ending (at most `park_seconds`). So a slow
+  destination never holds up the others (a dead one fails fast anyway: connect backoff
+  in the pool), and a burst for a fast one waits milliseconds, not seconds.
 - Per recipient: delivered; deferred with the retry policy's next time; bounced on a 5xx
   or once the queue lifetime is over, with an RFC 3464 DSN to the sender (never to `<>`,
   never for a bounce). The DSN is queued before the outcome is recorded: a crash between
@@ -44,6 +45,8 @@ from mxpress.queue.store import (
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+_MIN_PARK = 0.01  # seconds: a parked message is never due again at once
+_PACED = 4096  # domains whose delivery pace is remembered
 # Called after each attempt with the message, the attempt's result and the outcomes.
 Observer = Callable[[QueuedMessage, SendResult, Sequence[AttemptOutcome]], None]
 
@@ -78,6 +81,7 @@ class Scheduler:
         ready_per_domain: int | None = None,
         expiry_interval: float = 60.0,
         clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
         observer: Observer | None = None,
     ) -> None:
         self._store = store
@@ -93,6 +97,11 @@ class Scheduler:
         self._ready_limit = per_domain if ready_per_domain is None else ready_per_domain
         self._ready: dict[str, deque[Lease]] = {}
         self._ready_count = 0
+        self._monotonic = monotonic
+        # Per busy domain: when its last delivery ended; per recent domain: the smoothed
+        # gap between endings (seconds). See _pace.
+        self._last_end: dict[str, float] = {}
+        self._gap: dict[str, float] = {}
         self._expiry_interval = expiry_interval
         self._clock = clock
         self._observer = observer
@@ -198,7 +207,7 @@ class Scheduler:
             self._ready_count += 1
         else:
             self.stats.parked += 1
-            await self._store.release(lease, retry_at=now + self._park)
+            await self._store.release(lease, retry_at=now + self._park_time(domain))
 
     def _start(self, lease: Lease, domain: str) -> None:
         self._by_domain[domain] += 1
@@ -206,9 +215,34 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finished(t, domain))
 
+    def _park_time(self, domain: str) -> float:
+        """How long the domain's ready queue should take to drain, at the pace its
+        deliveries have been ending; `park_seconds` if that is unknown or longer."""
+        gap = self._gap.get(domain)
+        if gap is None:
+            return self._park
+        waiting = len(self._ready.get(domain, ())) + 1
+        return min(self._park, max(_MIN_PARK, waiting * gap))
+
+    def _pace(self, domain: str) -> None:
+        """Learn the gap between a domain's delivery endings. Only while it stays busy:
+        a gap that spans an idle spell says nothing about its pace. The gaps outlive the
+        busy spell (the next burst starts informed), for the latest `_PACED` domains."""
+        now = self._monotonic()
+        last = self._last_end.pop(domain, None)
+        if last is not None:
+            previous = self._gap.pop(domain, None)
+            gap = now - last
+            self._gap[domain] = gap if previous is None else 0.8 * previous + 0.2 * gap
+            if len(self._gap) > _PACED:
+                del self._gap[next(iter(self._gap))]  # the least recently updated
+        if self._by_domain[domain] or domain in self._ready:
+            self._last_end[domain] = now
+
     def _finished(self, task: asyncio.Task[None], domain: str) -> None:
         self._tasks.discard(task)
         self._by_domain[domain] -= 1
+        self._pace(domain)
         if not self._by_domain[domain]:
             del self._by_domain[domain]
         ready = self._ready.get(domain)
