@@ -147,3 +147,32 @@ def test_works_while_a_server_holds_the_file_open(tmp_path: Path) -> None:
             assert f"{message_id}!" in out
 
     asyncio.run(scenario())
+
+
+def test_every_workers_queue_file(tmp_path: Path) -> None:
+    async def fill() -> list[str]:
+        clock = FakeClock()
+        ids = []
+        async with (
+            SQLiteQueue(tmp_path / "queue.sqlite3", clock=clock) as worker0,
+            SQLiteQueue(tmp_path / "queue.1.sqlite3", clock=clock) as worker1,
+        ):
+            for store in (worker1, worker0, worker1):
+                clock.advance(1)
+                ids.append(await store.enqueue(NewMessage("a@x.test", ["b@y.test"], b"x")))
+        return ids
+
+    first, second, third = asyncio.run(fill())  # in queue.1, queue, queue.1
+    code, out, _ = run("ls", "--data-dir", str(tmp_path), "--json")
+    assert code == 0 and [m["id"] for m in json.loads(out)] == [first, second, third]
+    _, out, _ = run("ls", "--data-dir", str(tmp_path), "--json", "--limit", "1", "--after", first)
+    assert [m["id"] for m in json.loads(out)] == [second]
+    code, out, _ = run("show", third, "--data-dir", str(tmp_path), "--json", "--data")
+    assert code == 0 and json.loads(out)["id"] == third
+    assert base64.b64decode(json.loads(out)["data_base64"]) == b"x"
+    assert run("hold", first, second, "--data-dir", str(tmp_path))[:2] == (
+        0,
+        f"{first}: held\n{second}: held\n",
+    )
+    _, out, _ = run("ls", "--data-dir", str(tmp_path), "--state", "held", "--json")
+    assert [m["id"] for m in json.loads(out)] == [first, second]

@@ -1,8 +1,10 @@
 """`mxpress queue ...`: look at and manage the durable queue, like mailq and postsuper.
 
-Works against DATA_DIR/queue.sqlite3 while the server runs: this process opens the same
-file (WAL; writes wait for the server's write lock up to the busy timeout). Exit codes:
-0 done, 1 failed (no queue file, unknown id, wrong state), 2 usage.
+Works against every worker's queue file in DATA_DIR (queue.sqlite3, queue.1.sqlite3, ...;
+see queue/sharded.py) while the server runs: this process opens the same files (WAL;
+writes wait for the owning worker's write lock up to the busy timeout). `ls` merges them
+in arrival order; the other commands find a message in whichever file holds it. Exit
+codes: 0 done, 1 failed (no queue file, unknown id, wrong state), 2 usage.
 """
 
 from __future__ import annotations
@@ -25,12 +27,11 @@ from mxpress.queue import (
     QueueFilter,
     RecipientState,
     RecipientStatus,
-    SQLiteQueue,
 )
+from mxpress.queue.sharded import ShardedQueue
 
 T = TypeVar("T")
 
-QUEUE_FILE = "queue.sqlite3"
 _STATES = ["queued", "active", "held", "done", "all"]
 
 data_dir_option = click.option(
@@ -39,7 +40,8 @@ data_dir_option = click.option(
     default=Path("var"),
     show_default=True,
     envvar="MXPRESS_DATA_DIR",
-    help="The server's data directory (holds queue.sqlite3). Env: MXPRESS_DATA_DIR.",
+    help="The server's data directory (holds queue.sqlite3, queue.N.sqlite3). "
+    "Env: MXPRESS_DATA_DIR.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -49,14 +51,10 @@ def _fail(reason: object) -> NoReturn:
     sys.exit(1)
 
 
-def _run(data_dir: Path, action: Callable[[SQLiteQueue], Awaitable[T]]) -> T:
+def _run(data_dir: Path, action: Callable[[ShardedQueue], Awaitable[T]]) -> T:
     async def main() -> T:
-        store = SQLiteQueue(data_dir / QUEUE_FILE, create=False, group_commit_window=0)
-        await store.open()
-        try:
+        async with ShardedQueue(data_dir) as store:  # every shard; never creates one
             return await action(store)
-        finally:
-            await store.close()
 
     try:
         return asyncio.run(main())
@@ -164,7 +162,7 @@ def ls_command(
     else:
         states = [None if state == "all" else MessageState(state)]
 
-    async def action(store: SQLiteQueue) -> list[QueuedMessage]:
+    async def action(store: ShardedQueue) -> list[QueuedMessage]:
         found: list[QueuedMessage] = []
         for one in states:
             found += await store.list(
@@ -209,7 +207,7 @@ def ls_command(
 def show_command(data_dir: Path, message_id: str, with_data: bool, as_json: bool) -> None:
     """Show one message: envelope, every recipient's state, and (--data) the message."""
 
-    async def action(store: SQLiteQueue) -> QueuedMessage | None:
+    async def action(store: ShardedQueue) -> QueuedMessage | None:
         return await store.get(message_id, with_data=with_data)
 
     message = _run(data_dir, action)
@@ -253,11 +251,11 @@ def _each(
     data_dir: Path,
     ids: tuple[str, ...],
     verb: str,
-    op: Callable[[SQLiteQueue, str], Awaitable[bool]],
+    op: Callable[[ShardedQueue, str], Awaitable[bool]],
 ) -> None:
     """Apply hold / release_hold / delete to each id; report each; exit 1 if any failed."""
 
-    async def action(store: SQLiteQueue) -> list[tuple[str, bool, QueuedMessage | None]]:
+    async def action(store: ShardedQueue) -> list[tuple[str, bool, QueuedMessage | None]]:
         results = []
         for message_id in ids:
             before = await store.get(message_id)
@@ -285,7 +283,7 @@ def _each(
 @click.argument("ids", metavar="ID...", nargs=-1, required=True)
 def hold_command(data_dir: Path, ids: tuple[str, ...]) -> None:
     """Put messages on hold: never tried until released (postsuper -h)."""
-    _each(data_dir, ids, "held", SQLiteQueue.hold)
+    _each(data_dir, ids, "held", ShardedQueue.hold)
 
 
 @queue_group.command("release")
@@ -293,7 +291,7 @@ def hold_command(data_dir: Path, ids: tuple[str, ...]) -> None:
 @click.argument("ids", metavar="ID...", nargs=-1, required=True)
 def release_command(data_dir: Path, ids: tuple[str, ...]) -> None:
     """Release held messages back into the active queue (postsuper -H)."""
-    _each(data_dir, ids, "released", SQLiteQueue.release_hold)
+    _each(data_dir, ids, "released", ShardedQueue.release_hold)
 
 
 @queue_group.command("delete")
@@ -301,4 +299,4 @@ def release_command(data_dir: Path, ids: tuple[str, ...]) -> None:
 @click.argument("ids", metavar="ID...", nargs=-1, required=True)
 def delete_command(data_dir: Path, ids: tuple[str, ...]) -> None:
     """Delete messages from the queue, without a bounce (postsuper -d)."""
-    _each(data_dir, ids, "deleted", SQLiteQueue.delete)
+    _each(data_dir, ids, "deleted", ShardedQueue.delete)
