@@ -1,12 +1,14 @@
 """End-to-end durable relay throughput: smtp-source → relay → smtp-sink, one run.
 
     .venv/bin/python bench/relay_e2e.py [--messages 20000] [--sessions 20] [--size 1024]
-        [--reuse] [--repeat 1]
+        [--reuse] [--repeat 1] [--workers 1]
 
 --reuse: smtp-source sends every message of a session over one connection (`-d`), as a
 pooled client does; without it, one connection per message (smtp-source's default).
 --repeat: alternate Postfix and mxpress that many times; each pair gives a ratio, and
 the table ends with the median (this 2-core machine varies by ~10% run to run).
+--workers: mxpress's relay processes (server.workers); Postfix always runs as many
+processes as it likes (here up to 100 smtpd and 20 smtp).
 
 Both relays fsync a message before their 250 (mxpress: SQLite WAL commit, group-committed;
 Postfix: its queue file) and relay everything to the same Postfix smtp-sink:
@@ -44,6 +46,7 @@ class Load:
     sessions: int
     size: int
     reuse: bool
+    workers: int = 1  # mxpress's server.workers (Postfix runs its processes as it likes)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ def bench_mxpress(tmp: Path, sink: SmtpSink, load: Load) -> Row:
 [server]
 hostname = "relay.test"
 data_dir = "{tmp / "var"}"
+workers = {load.workers}
 [submission]
 listen = "127.0.0.1:{port}"
 trusted_networks = ["127.0.0.0/8"]
@@ -152,13 +156,19 @@ poll_interval = 0.05
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    db = sqlite3.connect(tmp / "var" / "queue.sqlite3")
-    rows = db.execute(
-        "SELECT r.updated_at - m.created_at FROM recipients r JOIN messages m"
-        " ON m.id = r.message_id WHERE r.state = 'delivered'"
-    ).fetchall()
-    p50, p99 = percentiles([r[0] for r in rows])
-    return Row("mxpress serve", n, n / submit, n / total, p50 * 1e3, p99 * 1e3)
+    delays = []
+    for shard in sorted((tmp / "var").glob("queue*.sqlite3")):  # one per worker
+        with sqlite3.connect(shard) as db:
+            delays += [
+                r[0]
+                for r in db.execute(
+                    "SELECT r.updated_at - m.created_at FROM recipients r JOIN messages m"
+                    " ON m.id = r.message_id WHERE r.state = 'delivered'"
+                )
+            ]
+    p50, p99 = percentiles(delays)
+    name = "mxpress serve" + (f" ({load.workers} workers)" if load.workers > 1 else "")
+    return Row(name, n, n / submit, n / total, p50 * 1e3, p99 * 1e3)
 
 
 def bench_postfix(tmp: Path, sink: SmtpSink, load: Load) -> Row:
@@ -195,8 +205,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--reuse", action="store_true", help="smtp-source -d")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="mxpress server.workers")
     args = parser.parse_args()
-    load = Load(args.messages, args.sessions, args.size, args.reuse)
+    load = Load(args.messages, args.sessions, args.size, args.reuse, args.workers)
     rows: list[Row] = []
     ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="mxpress-e2e-") as tmp, smtp_sink() as sink:

@@ -23,11 +23,16 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from mxpress.errors import ConfigError
 
+MAX_WORKERS = 64
+
 
 @dataclass(frozen=True)
 class ServerSettings:
     hostname: str = "localhost"  # our name in EHLO, Received and bounces
     data_dir: str = "var"
+    # Relay processes: one per core is the most it can use (each has its own queue file
+    # in data_dir, and they share the SMTP port with SO_REUSEPORT). 1: one process.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,8 @@ def _positive(value: float, key: str) -> None:
 
 
 def _check(s: Settings) -> None:
+    if not 1 <= s.server.workers <= MAX_WORKERS:
+        raise ConfigError(f"server.workers: 1-{MAX_WORKERS}, got {s.server.workers!r}")
     parse_listen(s.submission.listen, "submission.listen")
     parse_listen(s.http.listen, "http.listen")
     if (s.submission.tls_cert is None) != (s.submission.tls_key is None):

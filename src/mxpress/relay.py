@@ -34,9 +34,11 @@ from mxpress.observe.metrics import RelayMetrics
 from mxpress.observe.profiler import Profiler
 from mxpress.observe.queue_depth import QueueDepth
 from mxpress.queue.retry import RetryPolicy
+from mxpress.queue.sharded import ShardedQueue, shard_path
 from mxpress.queue.sqlite import SQLiteQueue
 from mxpress.queue.store import AttemptOutcome, NewMessage, QueuedMessage
 from mxpress.server.submission import Submission, SubmissionServer
+from mxpress.supervisor import exit_with_supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +59,18 @@ class Relay:
     http: Any = None  # the running HTTP server handle
     profile_http: Any = None  # the --profile-port listener's handle, when on
     started_at: float = field(default_factory=time.monotonic)
+    worker: int = 0  # which of settings.server.workers this process is
+    view: ShardedQueue | None = None  # every worker's queue file (worker 0, when several)
     _lock: IO[bytes] | None = None
 
     async def start(self) -> None:
-        self._lock = _hold_lock(self.settings.data_path / "relay.lock")
+        name = "relay.lock" if self.worker == 0 else f"relay.{self.worker}.lock"
+        # A worker may follow one of a previous run that is still exiting: wait a little.
+        wait = 10.0 if self.settings.server.workers > 1 else 0.0
+        self._lock = await _hold_lock(self.settings.data_path / name, wait)
         await self.store.open()
+        if self.view is not None:
+            await self.view.open()
         reclaimed = await self.store.reclaim_leases()
         if reclaimed:
             logger.warning(
@@ -80,7 +89,7 @@ class Relay:
 
             host, port = parse_listen(self.settings.http.listen, "http.listen")
             self.http = await serve_http(self.http_app, host, port)
-        if self.settings.observe.profile_port:
+        if self.settings.observe.profile_port and self.worker == 0:
             await self._start_profile_listener(self.settings.observe.profile_port)
 
     async def _start_profile_listener(self, port: int) -> None:
@@ -104,24 +113,31 @@ class Relay:
         await self.mailer.close()
         if self.queue_depth is not None:
             await self.queue_depth.stop()
+        if self.view is not None:
+            await self.view.close()
         await self.store.close()
         if self._lock is not None:
             self._lock.close()  # closing the file releases the lock
             self._lock = None
 
-    async def serve(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully."""
-        await self.start()
+    async def serve(self, *, supervised: bool = False) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully. `supervised`: a worker
+        under supervisor.py, which exits at once if the supervisor's pipe closes."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before start(): a stop while starting
+            loop.add_signal_handler(sig, stop.set)  # is a graceful one too
+        if supervised:
+            loop.add_reader(0, exit_with_supervisor)
+        await self.start()
         logger.info("mxpress relay running: %s", self.describe())
         try:
             await stop.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if supervised:
+                loop.remove_reader(0)
             await self.stop()
 
     def describe(self) -> str:
@@ -160,19 +176,23 @@ class Relay:
         return message_id
 
 
-def _hold_lock(path: Path) -> IO[bytes]:
-    """One relay per data directory: the queue's leases assume no other process is
-    delivering from the same file."""
+async def _hold_lock(path: Path, wait: float) -> IO[bytes]:
+    """One relay (worker) per queue file: the queue's leases assume no other process is
+    delivering from the same file. Tries for up to `wait` seconds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("ab")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ConfigError(
-            f"another mxpress relay is running on {path.parent} (it holds {path.name})"
-        ) from None
-    return handle
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise ConfigError(
+                    f"another mxpress relay is running on {path.parent} (it holds {path.name})"
+                ) from None
+        await asyncio.sleep(0.1)
 
 
 def received_header(sub: Submission, hostname: str) -> bytes:
@@ -197,9 +217,17 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def build_relay(settings: Settings) -> Relay:
-    """Everything `mxpress serve` runs, built from settings (no I/O until start())."""
+def build_relay(settings: Settings, worker: int = 0) -> Relay:
+    """Everything `mxpress serve` runs, built from settings (no I/O until start()).
+
+    With `server.workers` > 1 this is one worker process of several (see
+    supervisor.py): it owns one queue file, shares the SMTP port with the others
+    (SO_REUSEPORT) and delivers what it accepted; worker 0 also runs the HTTP API and
+    the profiling listener, over a view of every worker's queue file."""
     data = settings.data_path
+    workers = settings.server.workers
+    if not 0 <= worker < workers:
+        raise ConfigError(f"worker {worker}: server.workers is {workers}")
     d = settings.delivery
     r = settings.retry
     policy = RetryPolicy(
@@ -208,14 +236,15 @@ def build_relay(settings: Settings) -> Relay:
         max_queue_lifetime=r.max_queue_lifetime,
         bounce_queue_lifetime=r.bounce_queue_lifetime,
     )
-    store = SQLiteQueue(data / "queue.sqlite3", retry=policy)
+    store = SQLiteQueue(shard_path(data, worker), retry=policy)
+    view = ShardedQueue(data, own=store) if workers > 1 and worker == 0 else None
     o = settings.observe
     registry = CollectorRegistry()  # the relay's own: never prometheus-client's global one
     metrics = RelayMetrics(registry, top_domains=o.top_domains)
     delivery_log = None
     if o.delivery_log:
         delivery_log = DeliveryLog(
-            data / "delivery.jsonl",
+            data / ("delivery.jsonl" if worker == 0 else f"delivery.{worker}.jsonl"),
             max_bytes=o.delivery_log_max_bytes,
             backups=o.delivery_log_backups,
         )
@@ -248,7 +277,7 @@ def build_relay(settings: Settings) -> Relay:
         poll_interval=d.poll_interval,
         observer=_fan_out(observers),
     )
-    queue_depth = QueueDepth(store.counts, interval=o.queue_counts_interval)
+    queue_depth = QueueDepth((view or store).counts, interval=o.queue_counts_interval)
     relay = Relay(
         settings,
         store,
@@ -259,6 +288,8 @@ def build_relay(settings: Settings) -> Relay:
         metrics=metrics,
         delivery_log=delivery_log,
         queue_depth=queue_depth,
+        worker=worker,
+        view=view,
     )
     sub = settings.submission
     if sub.enabled:
@@ -274,8 +305,9 @@ def build_relay(settings: Settings) -> Relay:
             max_message_size=sub.max_message_size,
             max_recipients=sub.max_recipients,
             hostname=settings.server.hostname,
+            reuse_port=workers > 1,
         )
-    if settings.http.enabled:
+    if settings.http.enabled and worker == 0:
         with contextlib.suppress(ImportError):  # the HTTP API needs starlette + uvicorn
             from mxpress.server.http import build_http_app
 
@@ -284,7 +316,7 @@ def build_relay(settings: Settings) -> Relay:
                 scheduler.wake()
 
             relay.http_app = build_http_app(
-                store,
+                view or store,
                 api_keys=settings.http.api_keys,
                 max_message_size=sub.max_message_size,
                 metrics_registry=registry,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import signal
 import smtplib
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import start_lab_server
@@ -24,6 +27,7 @@ class ServeProcess:
         self.config = config
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
+        self.last_output = ""
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -65,6 +69,7 @@ class ServeProcess:
         self.proc.send_signal(sig)
         code = self.proc.wait(30)
         if self.proc.stdout is not None:
+            self.last_output = self.proc.stdout.read().decode(errors="replace")
             self.proc.stdout.close()
         return code
 
@@ -76,20 +81,32 @@ def sink() -> Iterator[tuple[AiosmtpdServer, RecordingHandler]]:
         yield server, handler
 
 
-def write_config(tmp_path: Path, sink: AiosmtpdServer, port: int) -> Path:
+API_KEY = "test-key"
+
+
+def write_config(
+    tmp_path: Path, sink: AiosmtpdServer, port: int, *, workers: int = 1, http_port: int = 0
+) -> Path:
     config = tmp_path / "mxpress.toml"
+    digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+    http = (
+        f'listen = "127.0.0.1:{http_port}"\napi_keys = {{ test = "{digest}" }}'
+        if http_port
+        else "enabled = false"
+    )
     config.write_text(
         f"""
 [server]
 hostname = "relay.test"
 data_dir = "{tmp_path / "var"}"
+workers = {workers}
 
 [submission]
 listen = "127.0.0.1:{port}"
 trusted_networks = ["127.0.0.0/8"]
 
 [http]
-enabled = false
+{http}
 
 [delivery]
 relay = "smtp+plain://{sink.host}:{sink.port}"
@@ -126,15 +143,17 @@ def test_submit_deliver_and_graceful_stop(
     assert serve.signal(signal.SIGTERM) == 0  # graceful
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigkill_loses_nothing_that_got_250(
-    tmp_path: Path, sink: tuple[AiosmtpdServer, RecordingHandler]
+    tmp_path: Path, sink: tuple[AiosmtpdServer, RecordingHandler], workers: int
 ) -> None:
     """Submit while the relay is killed with SIGKILL at random moments and restarted:
     every message that got its 250 is delivered; duplicates stay within what was in
-    flight at the kills."""
+    flight at the kills. With workers, the kill hits the supervisor: the workers must
+    follow it at once, and the next run's workers take over their queue files."""
     server, handler = sink
     port = free_port()
-    serve = ServeProcess(write_config(tmp_path, server, port), port)
+    serve = ServeProcess(write_config(tmp_path, server, port, workers=workers), port)
     serve.start()
     # The issue's full proof is 10,000 messages: MXPRESS_CRASH_MESSAGES=10000
     # MXPRESS_CRASH_KILLS=5; the default keeps the suite fast.
@@ -168,7 +187,11 @@ def test_sigkill_loses_nothing_that_got_250(
     rng = random.Random(7)
     for _ in range(kills):
         time.sleep(rng.uniform(0.3, 1.0))
+        assert serve.proc is not None
+        orphans = children_of(serve.proc.pid)
+        assert len(orphans) == (workers if workers > 1 else 0)
         serve.signal(signal.SIGKILL)
+        wait_gone(orphans)
         serve.start()
     for t in threads:
         t.join(600)
@@ -192,8 +215,74 @@ def test_sigkill_loses_nothing_that_got_250(
     # At most what a relay can have in flight per kill (default concurrency 500), and in
     # practice far fewer; a message delivered twice is allowed, zero times is not.
     assert duplicates <= kills * 500
-    assert serve.signal(signal.SIGTERM) == 0
+    assert serve.signal(signal.SIGTERM) == 0, serve.last_output
     print(f"accepted {len(accepted)}, delivered {len(seen)}, duplicates {duplicates}")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def wait_gone(pids: list[int], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, f"processes {pids} outlived their supervisor"
+        time.sleep(0.02)
+
+
+def submit(port: int, n: int) -> str:
+    """One message on a connection of its own; returns the queue id from the 250."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo()
+        assert client.mail("app@x.test")[0] == 250
+        assert client.rcpt("user@example.test")[0] == 250
+        code, text = client.data(message(n))
+    assert code == 250, text
+    return text.decode().rsplit(" ", 1)[-1]
+
+
+def test_workers_share_the_port_each_with_its_queue_file(
+    tmp_path: Path, sink: tuple[AiosmtpdServer, RecordingHandler]
+) -> None:
+    server, handler = sink
+    port, http_port = free_port(), free_port()
+    config = write_config(tmp_path, server, port, workers=2, http_port=http_port)
+    serve = ServeProcess(config, port)
+    serve.start()
+    try:
+        check_workers(serve, port, http_port, tmp_path / "var", handler)
+    finally:
+        if serve.proc is not None and serve.proc.poll() is None:
+            serve.proc.kill()
+
+
+def check_workers(
+    serve: ServeProcess, port: int, http_port: int, data: Path, handler: RecordingHandler
+) -> None:
+    ids = [submit(port, n) for n in range(40)]
+    handler.wait_for_messages(40, timeout=30)
+    stored = {}
+    for name in ("queue.sqlite3", "queue.1.sqlite3"):
+        with sqlite3.connect(data / name) as db:
+            stored[name] = {row[0] for row in db.execute("SELECT id FROM messages")}
+    # The kernel spread the 40 connections over both workers (all on one: 2 in 2**40).
+    assert stored["queue.sqlite3"] and stored["queue.1.sqlite3"]
+    assert stored["queue.sqlite3"] | stored["queue.1.sqlite3"] == set(ids)
+    # The HTTP API (worker 0) sees every worker's messages.
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    for message_id in (min(stored["queue.sqlite3"]), min(stored["queue.1.sqlite3"])):
+        r = httpx.get(f"http://127.0.0.1:{http_port}/v1/messages/{message_id}", headers=headers)
+        assert r.status_code == 200 and r.json()["state"] == "done", r.text
+    assert serve.signal(signal.SIGTERM) == 0  # both workers stopped gracefully
 
 
 def test_second_relay_on_same_data_dir_refused(

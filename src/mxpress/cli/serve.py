@@ -12,6 +12,7 @@ from mxpress import app
 from mxpress.config import load_settings
 from mxpress.errors import MxpressError
 from mxpress.relay import build_relay
+from mxpress.supervisor import run_workers
 
 
 @click.command(name="serve")
@@ -33,7 +34,10 @@ from mxpress.relay import build_relay
     help="Serve on-demand profiles at http://127.0.0.1:PORT/profile?seconds=N&format=html "
     "(local only, no auth; overrides observe.profile_port).",
 )
-def serve_command(config: str | None, log_level: str, profile_port: int | None) -> None:
+@click.option("--worker", type=int, default=None, hidden=True)  # set by the supervisor
+def serve_command(
+    config: str | None, log_level: str, profile_port: int | None, worker: int | None
+) -> None:
     """Run the relay until SIGTERM/SIGINT, then stop gracefully."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -43,8 +47,15 @@ def serve_command(config: str | None, log_level: str, profile_port: int | None) 
         if profile_port is not None:
             observe = dataclasses.replace(settings.observe, profile_port=profile_port)
             settings = dataclasses.replace(settings, observe=observe)
-        relay = build_relay(settings)
-        app.run(relay.serve())
+        if worker is None and settings.server.workers > 1:
+            argv = [sys.executable, "-m", "mxpress.cli", "serve", "--log-level", log_level]
+            if config is not None:
+                argv += ["--config", config]
+            if profile_port is not None:
+                argv += ["--profile-port", str(profile_port)]
+            sys.exit(run_workers(argv, settings.server.workers))
+        relay = build_relay(settings, worker or 0)
+        app.run(relay.serve(supervised=worker is not None))
     except (MxpressError, OSError) as exc:
         click.echo(f"mxpress serve: {exc}", err=True)
         sys.exit(1)

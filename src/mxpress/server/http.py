@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mxpress.errors import ConfigError, LocalProtocolError, QueueError
 from mxpress.observe.profiler import Profiler
-from mxpress.queue.store import MessageState, NewMessage, QueueStore
+from mxpress.queue.store import MessageState, NewMessage, QueueAdmin
 from mxpress.server import http_schema as schema
 from mxpress.server.http_openapi import openapi_document
 from mxpress.server.http_profile import profile_endpoint, profile_operation
@@ -127,7 +127,7 @@ async def _on_crash(request: Request, exc: Exception) -> Response:
 class _Api:
     """The endpoints, with everything they need; built once per app (no globals)."""
 
-    store: QueueStore
+    store: QueueAdmin
     keys: list[tuple[str, bytes]]  # (name, SHA-256 digest of the key)
     max_message_size: int
     max_request_size: int
@@ -357,7 +357,7 @@ def _key_digests(api_keys: Mapping[str, str]) -> list[tuple[str, bytes]]:
 
 
 def build_http_app(
-    store: QueueStore,
+    store: QueueAdmin,
     *,
     api_keys: Mapping[str, str],
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,

@@ -129,7 +129,10 @@ class SubmissionServer:
         max_auth_failures: int = 3,
         max_concurrent_auth: int = 2,
         timeout: float = 300.0,
+        reuse_port: bool = False,
     ) -> None:
+        """reuse_port: bind with SO_REUSEPORT, so that the relay's worker processes all
+        listen on one port and the kernel spreads the connections over them."""
         if implicit_tls and tls_context is None:
             raise ConfigError("implicit_tls needs a tls_context (certificate and key)")
         for name, value in (
@@ -169,6 +172,7 @@ class SubmissionServer:
         self.require_tls_for_auth = require_tls_for_auth
         self.max_auth_failures = max_auth_failures
         self.timeout = timeout
+        self.reuse_port = reuse_port
         # scrypt takes 16 MiB and ~50 ms a try: bound how many run at once.
         self._auth_slots = asyncio.Semaphore(max_concurrent_auth)
         self._dummy = parse_hash(_DUMMY_HASH)
@@ -196,6 +200,7 @@ class SubmissionServer:
             self.host,
             self._port,
             ssl=self.tls_context if self.implicit_tls else None,
+            reuse_port=self.reuse_port or None,
         )
         self._port = self._server.sockets[0].getsockname()[1]
         logger.info("submission: listening on %s:%d", self.host, self._port)
