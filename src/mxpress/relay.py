@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import signal
+import sqlite3
 import ssl
 import time
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from mxpress.observe.metrics import RelayMetrics
 from mxpress.observe.profiler import Profiler
 from mxpress.observe.queue_depth import QueueDepth
 from mxpress.queue.retry import RetryPolicy
-from mxpress.queue.sharded import ShardedQueue, shard_path
+from mxpress.queue.sharded import ShardedQueue, shard_path, shard_paths
 from mxpress.queue.sqlite import SQLiteQueue
 from mxpress.queue.store import AttemptOutcome, NewMessage, QueuedMessage
 from mxpress.server.submission import Submission, SubmissionServer
@@ -68,6 +69,13 @@ class Relay:
         # A worker may follow one of a previous run that is still exiting: wait a little.
         wait = 10.0 if self.settings.server.workers > 1 else 0.0
         self._lock = await _hold_lock(self.settings.data_path / name, wait)
+        try:
+            if self.worker == 0:
+                _refuse_orphaned_shards(self.settings.data_path, self.settings.server.workers)
+        except BaseException:
+            self._lock.close()  # nothing started: let the next attempt have the file
+            self._lock = None
+            raise
         await self.store.open()
         if self.view is not None:
             await self.view.open()
@@ -193,6 +201,26 @@ async def _hold_lock(path: Path, wait: float) -> IO[bytes]:
                     f"another mxpress relay is running on {path.parent} (it holds {path.name})"
                 ) from None
         await asyncio.sleep(0.1)
+
+
+def _refuse_orphaned_shards(data: Path, workers: int) -> None:
+    """A queue file of a worker that this configuration does not run (server.workers was
+    lowered) would never be delivered from: refuse to start rather than strand it."""
+    for path in shard_paths(data):
+        number = path.name.split(".")[1]
+        if number.isdigit() and int(number) >= workers:
+            with contextlib.closing(
+                sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            ) as db:
+                (active,) = db.execute(
+                    "SELECT count(*) FROM messages WHERE state != 'done'"
+                ).fetchone()
+            if active:
+                raise ConfigError(
+                    f"server.workers is {workers}, but {path} (worker {number}'s queue) still "
+                    f"holds {active} undelivered messages: run with server.workers = "
+                    f"{int(number) + 1} until they are delivered (mxpress queue ls shows them)"
+                )
 
 
 def received_header(sub: Submission, hostname: str) -> bytes:

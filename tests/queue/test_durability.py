@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -257,3 +258,17 @@ def test_a_newer_schema_is_refused(db_path: Path, version: int) -> None:
             await SQLiteQueue(db_path).open()
 
     asyncio.run(run())
+
+
+async def test_open_cancelled_midway_leaves_no_writer_thread(db_path: Path) -> None:
+    # E.g. the relay stopping while its queue-depth task opens another worker's file.
+    store = SQLiteQueue(db_path)
+    opening = asyncio.ensure_future(store.open())
+    await asyncio.sleep(0)  # the writer thread is started; open() awaits it
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(opening, 10)
+    writers = [t for t in threading.enumerate() if t.name == "mxpress-queue-writer"]
+    for thread in writers:
+        thread.join(5)
+    assert not any(t.is_alive() for t in writers)

@@ -109,8 +109,9 @@ class GroupCommitWriter:
         self._thread.start()
         try:
             await ready
-        except BaseException:
+        except BaseException:  # failed to open, or cancelled while it did
             self._closed = True
+            self._requests.put(_STOP)  # a thread that did open waits for requests: end it
             await asyncio.to_thread(self._thread.join)
             raise
 
