@@ -283,3 +283,42 @@ async def test_overflow_of_a_fast_domain_is_parked_for_its_pace_not_park_seconds
         await s.stop()
     assert s.stats.parked >= 1
     assert len(sink_handler.messages) == 11
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def test_a_lease_that_waited_half_its_time_away_is_given_back_not_started(
+    store: SQLiteQueue, sink_server: AiosmtpdServer, sink_handler: RecordingHandler
+) -> None:
+    sink_handler.delays = {"MAIL": 0.3}  # one delivery at a time, each a while
+    clock = Clock()
+    seen = Seen()
+    async with Mailer(f"smtp+plain://{sink_server.host}:{sink_server.port}", timeout=10) as m:
+        s = Scheduler(
+            store,
+            m,
+            FAST,
+            hostname="relay.test",
+            poll_interval=0.05,
+            observer=seen,
+            per_domain=1,
+            ready_per_domain=5,
+            lease_seconds=60,
+            clock=clock,
+        )
+        s.start()
+        for i in range(3):
+            await store.enqueue(NewMessage("a@x.test", [f"r{i}@example.test"], MSG))
+        s.wake()
+        await run_until(store, lambda: s.stats.readied >= 2)
+        clock.offset = 40  # the waiting leases have 20 of their 60 s left
+        await run_until(store, lambda: s.stats.delivered >= 3, timeout=20)
+        await s.stop()
+    assert s.stats.returned == 2  # given back, leased again afresh, then delivered
+    assert len(sink_handler.messages) == 3

@@ -60,6 +60,7 @@ class SchedulerStats:
     dsn_sent: int = 0
     parked: int = 0  # messages put back because their domain and its ready queue were full
     readied: int = 0  # messages that waited in a domain's ready queue for a free slot
+    returned: int = 0  # ... and were given back unstarted, their lease half run out
     errors: int = 0
     expired: int = 0  # recipients bounced by the expiry sweep (no attempt due); in bounced too
 
@@ -256,13 +257,21 @@ class Scheduler:
             if lease.expires_at - self._clock() > self._lease_seconds / 2:
                 self._start(lease, domain)
                 break
+            self.stats.returned += 1
             self._release_later(lease)
         self._wake.set()  # a slot is free
 
     def _release_later(self, lease: Lease) -> None:
-        task = asyncio.get_running_loop().create_task(self._store.release(lease))
+        task = asyncio.get_running_loop().create_task(self._release(lease))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _release(self, lease: Lease) -> None:
+        try:
+            await self._store.release(lease)
+        except MxpressError as exc:  # the lease runs out by itself: delivered later
+            self.stats.errors += 1
+            logger.error("scheduler: could not give back %s: %s", lease.message.id, exc)
 
     # -- one attempt ----------------------------------------------------------------------
 
