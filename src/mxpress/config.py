@@ -93,6 +93,7 @@ class ObserveSettings:
     top_domains: int = 20  # recipient domains with their own metric label; the rest "other"
     queue_counts_interval: float = 15.0  # queue depth gauges: a full scan, so not per scrape
     profile_port: int = 0  # 0: off; else a profiling listener on 127.0.0.1, without auth
+    worker_metrics_interval: float = 5.0  # workers > 0 hand their metrics to worker 0 so often
 
 
 @dataclass(frozen=True)
@@ -284,5 +285,6 @@ def _check(s: Settings) -> None:
     if o.top_domains < 0:
         raise ConfigError(f"observe.top_domains: 0 or more, got {o.top_domains!r}")
     _positive(o.queue_counts_interval, "observe.queue_counts_interval")
+    _positive(o.worker_metrics_interval, "observe.worker_metrics_interval")
     if not 0 <= o.profile_port < 65536:
         raise ConfigError(f"observe.profile_port: 0 (off) or 1-65535, got {o.profile_port!r}")

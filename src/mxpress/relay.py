@@ -34,6 +34,7 @@ from mxpress.observe.delivery_log import DeliveryLog
 from mxpress.observe.metrics import RelayMetrics
 from mxpress.observe.profiler import Profiler
 from mxpress.observe.queue_depth import QueueDepth
+from mxpress.observe.worker_metrics import MetricsFileWriter, merged_exposition, metrics_file
 from mxpress.queue.retry import RetryPolicy
 from mxpress.queue.sharded import ShardedQueue, shard_path, shard_paths
 from mxpress.queue.sqlite import SQLiteQueue
@@ -62,6 +63,7 @@ class Relay:
     started_at: float = field(default_factory=time.monotonic)
     worker: int = 0  # which of settings.server.workers this process is
     view: ShardedQueue | None = None  # every worker's queue file (worker 0, when several)
+    metrics_file: MetricsFileWriter | None = None  # workers > 0: metrics for worker 0
     _lock: IO[bytes] | None = None
 
     async def start(self) -> None:
@@ -89,6 +91,8 @@ class Relay:
             self.delivery_log.start()
         if self.queue_depth is not None:
             self.queue_depth.start()
+        if self.metrics_file is not None:
+            self.metrics_file.start()
         self.scheduler.start()
         if self.submission is not None:
             await self.submission.start()
@@ -121,6 +125,8 @@ class Relay:
         await self.mailer.close()
         if self.queue_depth is not None:
             await self.queue_depth.stop()
+        if self.metrics_file is not None:
+            await self.metrics_file.stop()
         if self.view is not None:
             await self.view.close()
         await self.store.close()
@@ -305,7 +311,9 @@ def build_relay(settings: Settings, worker: int = 0) -> Relay:
         poll_interval=d.poll_interval,
         observer=_fan_out(observers),
     )
-    queue_depth = QueueDepth((view or store).counts, interval=o.queue_counts_interval)
+    # Each worker counts its own file: /metrics labels samples by worker (worker 0 serves
+    # them all), so a total is a sum over workers.
+    queue_depth = QueueDepth(store.counts, interval=o.queue_counts_interval)
     relay = Relay(
         settings,
         store,
@@ -319,6 +327,10 @@ def build_relay(settings: Settings, worker: int = 0) -> Relay:
         worker=worker,
         view=view,
     )
+    if workers > 1 and worker > 0:
+        relay.metrics_file = MetricsFileWriter(
+            registry, metrics_file(data, worker), o.worker_metrics_interval
+        )
     sub = settings.submission
     if sub.enabled:
         host, port = parse_listen(sub.listen, "submission.listen")
@@ -350,6 +362,9 @@ def build_relay(settings: Settings, worker: int = 0) -> Relay:
                 metrics_registry=registry,
                 on_enqueued=enqueued,
                 profiler=relay.profiler,
+                metrics_exposition=(
+                    (lambda: merged_exposition(registry, data, workers)) if workers > 1 else None
+                ),
             )
     submission = relay.submission
     metrics.watch(

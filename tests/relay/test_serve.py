@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import start_lab_server
 from tests.lab.servers import AiosmtpdServer, RecordingHandler, aiosmtpd_server, free_port
@@ -100,6 +101,9 @@ def write_config(
 hostname = "relay.test"
 data_dir = "{tmp_path / "var"}"
 workers = {workers}
+
+[observe]
+worker_metrics_interval = 0.2
 
 [submission]
 listen = "127.0.0.1:{port}"
@@ -282,6 +286,21 @@ def check_workers(
     for message_id in (min(stored["queue.sqlite3"]), min(stored["queue.1.sqlite3"])):
         r = httpx.get(f"http://127.0.0.1:{http_port}/v1/messages/{message_id}", headers=headers)
         assert r.status_code == 200 and r.json()["state"] == "done", r.text
+    # /metrics (worker 0) carries both workers' counts, one family, labelled by worker.
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
+        accepted = {
+            s.labels["worker"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "mxpress_messages_accepted_total" and s.labels.get("via") == "smtp"
+        }
+        if sum(accepted.values()) == 40 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert set(accepted) == {"0", "1"} and sum(accepted.values()) == 40, accepted
+    assert text.count("# TYPE mxpress_messages_accepted_total counter") == 1
     assert serve.signal(signal.SIGTERM) == 0  # both workers stopped gracefully
 
 

@@ -136,6 +136,7 @@ class _Api:
     accepted: Counter
     on_enqueued: Callable[[str], None] | None
     health_check: Health | None
+    exposition: Callable[[], bytes] | None = None  # what /metrics serves, if not the registry
 
     # --- auth ------------------------------------------------------------------------
 
@@ -307,7 +308,8 @@ class _Api:
         return JSONResponse(report, status_code=status)
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        body = self.exposition() if self.exposition else generate_latest(self.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 class _Metrics:
@@ -367,6 +369,7 @@ def build_http_app(
     on_enqueued: Callable[[str], None] | None = None,
     health: Health | None = None,
     profiler: Profiler | None = None,
+    metrics_exposition: Callable[[], bytes] | None = None,
 ) -> Starlette:
     """The HTTP API as an ASGI app.
 
@@ -378,6 +381,8 @@ def build_http_app(
     metrics_registry: the app registers its HTTP metrics there and /metrics serves the
         whole registry (the relay passes the one holding its other metrics). Default: a
         registry of its own. One app per registry: metric names cannot be registered twice.
+    metrics_exposition: what /metrics serves instead of the registry (the relay's worker 0
+        passes every worker's metrics, see observe/worker_metrics.py).
     on_enqueued: called with each new message id after the store accepted it (to wake
         the scheduler); must not block.
     health: returns the /healthz report; "status": "ok" gives 200, anything else 503.
@@ -406,6 +411,7 @@ def build_http_app(
         accepted,
         on_enqueued,
         health,
+        metrics_exposition,
     )
     document = openapi_document(max_message_size=max_message_size, max_recipients=max_recipients)
     if profiler is not None:
