@@ -319,3 +319,21 @@ def test_second_relay_on_same_data_dir_refused(
     assert second.returncode == 1
     assert b"another mxpress relay is running" in second.stderr
     assert first.signal(signal.SIGTERM) == 0
+
+
+def test_a_worker_that_dies_stops_the_relay(
+    tmp_path: Path, sink: tuple[AiosmtpdServer, RecordingHandler]
+) -> None:
+    # A relay at part strength is worse than a restart by the service manager.
+    server, handler = sink
+    port = free_port()
+    serve = ServeProcess(write_config(tmp_path, server, port, workers=2), port)
+    serve.start()
+    assert serve.proc is not None
+    workers = children_of(serve.proc.pid)
+    assert len(workers) == 2
+    submit(port, 1)
+    handler.wait_for_messages(1, timeout=20)
+    os.kill(workers[1], signal.SIGKILL)
+    assert serve.proc.wait(30) == 1
+    wait_gone(workers)  # the other worker was stopped too
