@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 import signal
-import sqlite3
 import ssl
 import time
 from collections.abc import Sequence
@@ -36,11 +36,10 @@ from mxpress.observe.profiler import Profiler
 from mxpress.observe.queue_depth import QueueDepth
 from mxpress.observe.worker_metrics import MetricsFileWriter, merged_exposition, metrics_file
 from mxpress.queue.retry import RetryPolicy
-from mxpress.queue.sharded import ShardedQueue, shard_path, shard_paths
+from mxpress.queue.sharded import ShardedQueue, shard_path, shards
 from mxpress.queue.sqlite import SQLiteQueue
 from mxpress.queue.store import AttemptOutcome, NewMessage, QueuedMessage
 from mxpress.server.submission import Submission, SubmissionServer
-from mxpress.supervisor import exit_with_supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class Relay:
         self._lock = await _hold_lock(self.settings.data_path / name, wait)
         try:
             if self.worker == 0:
-                _refuse_orphaned_shards(self.settings.data_path, self.settings.server.workers)
+                await _refuse_orphaned_shards(self.settings.data_path, self.settings.server.workers)
         except BaseException:
             self._lock.close()  # nothing started: let the next attempt have the file
             self._lock = None
@@ -142,7 +141,7 @@ class Relay:
         for sig in (signal.SIGTERM, signal.SIGINT):  # before start(): a stop while starting
             loop.add_signal_handler(sig, stop.set)  # is a graceful one too
         if supervised:
-            loop.add_reader(0, exit_with_supervisor)
+            loop.add_reader(0, _exit_with_supervisor)
         await self.start()
         logger.info("mxpress relay running: %s", self.describe())
         try:
@@ -190,6 +189,20 @@ class Relay:
         return message_id
 
 
+def _exit_with_supervisor(fd: int = 0) -> None:
+    """In a worker: when `fd` (the supervisor's pipe) reaches EOF, the supervisor is
+    gone; exit now, like it did (the next run voids our leases). Call from the loop."""
+    try:
+        data = os.read(fd, 1024)
+    except BlockingIOError:
+        return
+    if not data:
+        # stderr may be gone with the supervisor: nothing may stand between us and exit.
+        with contextlib.suppress(OSError):
+            os.write(2, b"mxpress worker: the supervisor is gone; exiting\n")
+        os._exit(1)
+
+
 async def _hold_lock(path: Path, wait: float) -> IO[bytes]:
     """One relay (worker) per queue file: the queue's leases assume no other process is
     delivering from the same file. Tries for up to `wait` seconds."""
@@ -209,24 +222,21 @@ async def _hold_lock(path: Path, wait: float) -> IO[bytes]:
         await asyncio.sleep(0.1)
 
 
-def _refuse_orphaned_shards(data: Path, workers: int) -> None:
+async def _refuse_orphaned_shards(data: Path, workers: int) -> None:
     """A queue file of a worker that this configuration does not run (server.workers was
     lowered) would never be delivered from: refuse to start rather than strand it."""
-    for path in shard_paths(data):
-        number = path.name.split(".")[1]
-        if number.isdigit() and int(number) >= workers:
-            with contextlib.closing(
-                sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-            ) as db:
-                (active,) = db.execute(
-                    "SELECT count(*) FROM messages WHERE state != 'done'"
-                ).fetchone()
-            if active:
-                raise ConfigError(
-                    f"server.workers is {workers}, but {path} (worker {number}'s queue) still "
-                    f"holds {active} undelivered messages: run with server.workers = "
-                    f"{int(number) + 1} until they are delivered (mxpress queue ls shows them)"
-                )
+    for worker, path in shards(data):
+        if worker < workers:
+            continue
+        async with SQLiteQueue(path, create=False) as orphan:
+            counts = await orphan.counts()
+        active = sum(counts.messages.values()) - counts.messages.get("done", 0)
+        if active:
+            raise ConfigError(
+                f"server.workers is {workers}, but {path} (worker {worker}'s queue) still "
+                f"holds {active} undelivered messages: run with server.workers = "
+                f"{worker + 1} until they are delivered (mxpress queue ls shows them)"
+            )
 
 
 def received_header(sub: Submission, hostname: str) -> bytes:

@@ -16,9 +16,7 @@ each delivers what it accepted, so no message is ever handed between processes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -63,17 +61,3 @@ def run_workers(argv: Sequence[str], workers: int) -> int:
     for proc in bad:
         logger.warning("worker pid %d ended with status %d", proc.pid, proc.returncode)
     return 1 if failed or bad else 0
-
-
-def exit_with_supervisor(fd: int = 0) -> None:
-    """In a worker: when `fd` (the supervisor's pipe) reaches EOF, the supervisor is
-    gone; exit now, like it did (the next run voids our leases). Call from the loop."""
-    try:
-        data = os.read(fd, 1024)
-    except BlockingIOError:
-        return
-    if not data:
-        # stderr may be gone with the supervisor: nothing may stand between us and exit.
-        with contextlib.suppress(OSError):
-            os.write(2, b"mxpress worker: the supervisor is gone; exiting\n")
-        os._exit(1)

@@ -85,16 +85,36 @@ def free_port() -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
-def dnsmasq_binary() -> str:
-    found = shutil.which("dnsmasq") or (
-        "/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else None
+def lab_binary(name: str, package: str) -> str:
+    """Path of a lab server's binary; without it the test fails in CI, else skips."""
+    found = shutil.which(name) or next(
+        (path for path in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(path)),
+        None,
     )
     if found is None:
-        message = "dnsmasq is not installed (Debian package dnsmasq-base or dnsmasq)"
+        message = f"{name} is not installed (Debian package {package})"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+def dnsmasq_binary() -> str:
+    return lab_binary("dnsmasq", "dnsmasq-base or dnsmasq")
+
+
+def answers(process: subprocess.Popen[bytes], port: int, name: str) -> bool:
+    """Wait (up to 10 s, while `process` runs) until 127.0.0.1:`port` answers for `name`."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            query = dns.message.make_query(name, "A")
+            if dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2).answer:
+                return True
+        except (dns.exception.Timeout, OSError):
+            pass
+        time.sleep(0.05)
+    return False
 
 
 def start_dnsmasq(
@@ -123,14 +143,8 @@ def start_dnsmasq(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                query = dns.message.make_query(probe, "A")
-                dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
-                return Dnsmasq(port, process)
-            except (dns.exception.Timeout, OSError):
-                time.sleep(0.05)
+        if answers(process, port, probe):
+            return Dnsmasq(port, process)
         process.kill()
         out, _ = process.communicate()
         last_error = out.decode(errors="replace")
@@ -166,14 +180,7 @@ def start_dnsdist(
 ) -> Dnsdist:
     """A real DoH server (PowerDNS dnsdist) in front of `upstream`, on 127.0.0.1 only,
     presenting `cert_pem` (signed by `ca_pem`)."""
-    binary = shutil.which("dnsdist") or (
-        "/usr/bin/dnsdist" if os.path.exists("/usr/bin/dnsdist") else None
-    )
-    if binary is None:
-        message = "dnsdist is not installed (Debian package dnsdist)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = lab_binary("dnsdist", "dnsdist")
     last_error = ""
     for _ in range(3):  # the free ports may be taken between probe and bind
         plain, doh = free_port(), free_port()
@@ -190,16 +197,9 @@ def start_dnsdist(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                # Up once it answers over its own plain port (its backend is checked).
-                query = dns.message.make_query("mx1.order.test", "A")
-                if dns.query.udp(query, "127.0.0.1", port=plain, timeout=0.2).answer:
-                    return Dnsdist(f"https://127.0.0.1:{doh}/dns-query", ca_pem, process)
-            except (dns.exception.Timeout, OSError):
-                pass
-            time.sleep(0.05)
+        # Up once it answers over its own plain port (its backend is checked).
+        if answers(process, plain, "mx1.order.test"):
+            return Dnsdist(f"https://127.0.0.1:{doh}/dns-query", ca_pem, process)
         process.kill()
         out, _ = process.communicate()
         last_error = out.decode(errors="replace")

@@ -41,6 +41,11 @@ def shard_path(data_dir: Path, worker: int) -> Path:
 def shard_paths(data_dir: Path) -> list[Path]:
     """The shard files that exist in `data_dir`, worker 0 first, then by worker number.
     Anything else (-wal/-shm files, queue.x.sqlite3, a missing directory) is ignored."""
+    return [path for _, path in shards(data_dir)]
+
+
+def shards(data_dir: Path) -> list[tuple[int, Path]]:
+    """(worker, path) of every shard file in `data_dir`, by worker number."""
     try:
         entries = list(data_dir.iterdir())
     except (FileNotFoundError, NotADirectoryError):
@@ -50,7 +55,7 @@ def shard_paths(data_dir: Path) -> list[Path]:
         match = _SHARD_NAME.fullmatch(path.name)
         if match is not None and path.is_file():
             found.append((int(match[1] or 0), path))
-    return [path for _, path in sorted(found)]
+    return sorted(found)
 
 
 class ShardedQueue:
