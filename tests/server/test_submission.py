@@ -595,6 +595,36 @@ async def test_replies_are_not_held_back_by_nagle(trusted: SubmissionServer) -> 
     await raw.close()
 
 
+class _SocketOnly(asyncio.BaseTransport):
+    """A transport stand-in that only answers get_extra_info("socket")."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+
+def test_nodelay_is_set_when_the_loop_does_not_set_it() -> None:
+    server = SubmissionServer(FakeQueue(), port=0)
+    with socket.socket() as first, socket.socket() as second:
+        server.ensure_nodelay(_SocketOnly(first))
+        server.ensure_nodelay(_SocketOnly(second))
+        assert first.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert second.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_nodelay_is_left_to_a_loop_that_sets_it() -> None:
+    server = SubmissionServer(FakeQueue(), port=0)
+    with socket.socket() as first, socket.socket() as later:
+        first.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the loop does
+        server.ensure_nodelay(_SocketOnly(first))
+        server.ensure_nodelay(_SocketOnly(later))
+        # Learnt from the first: the loop's own setting is trusted, no socket calls.
+        assert not later.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
 async def test_a_client_that_half_closes_still_gets_its_replies(
     trusted: SubmissionServer, queue: FakeQueue
 ) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import queue
 import re
 import threading
@@ -81,6 +82,24 @@ def _clean(text: str) -> str:
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+class _Timestamps:
+    """`_iso` with the date and time part built once a second (every line has a ts)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def iso(self, epoch: float) -> str:
+        second = math.floor(epoch)
+        micros = round((epoch - second) * 1e6)  # as datetime rounds, then truncated to ms
+        if micros >= 1_000_000:
+            second, micros = second + 1, 0
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{micros // 1000:03d}Z"
 
 
 def _tls(result: SendResult) -> str | None:
@@ -175,6 +194,9 @@ class DeliveryLog:
         self._writer: _LineWriter | None = None
         self.records = 0  # lines queued for writing
         self.dropped = 0  # lines dropped: the writer thread fell behind
+        self._timestamps = _Timestamps()
+        # One encoder: json.dumps() with options builds a new one per call.
+        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -211,7 +233,7 @@ class DeliveryLog:
             if self._queue.qsize() >= self._max_pending:
                 self.dropped += 1
                 continue
-            self._queue.put_nowait(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+            self._queue.put_nowait(self._encode(record))
             self.records += 1
 
     def records_for(
@@ -221,7 +243,7 @@ class DeliveryLog:
         outcomes: Sequence[AttemptOutcome],
     ) -> list[dict[str, Any]]:
         """The log records of one attempt (one per recipient), as dicts."""
-        ts = _iso(self._clock())
+        ts = self._timestamps.iso(self._clock())
         message_id = message_id_of(message.data) if message.data is not None else None
         tried = {r.recipient: r.attempts for r in message.recipients}
         timings = {phase: round(s * 1000, 3) for phase, s in result.timings.items()}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -66,6 +65,7 @@ class Listener(Protocol):
     def deliver(self, transaction: Transaction) -> asyncio.Future[str]: ...
     def count(self, reason: RejectReason) -> None: ...
     def opened(self, conn: SubmissionConnection) -> None: ...
+    def ensure_nodelay(self, transport: asyncio.BaseTransport) -> None: ...
     def closed(self, conn: SubmissionConnection) -> None: ...
 
 
@@ -106,11 +106,7 @@ class SubmissionConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Replies are small writes: without it one may wait ~40 ms for a delayed ACK.
-            # (asyncio sets it only for sockets whose proto is IPPROTO_TCP; uvloop always.)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.listener.ensure_nodelay(transport)
         if self.listener.stopping:  # accepted just before the listening socket closed:
             self._machine.take_output()  # no greeting, opened() sends the 421
         self.listener.opened(self)
