@@ -192,6 +192,29 @@ def test_a_full_queue_drops_lines_instead_of_blocking(
     assert len((tmp_path / "delivery.jsonl").read_text().splitlines()) == 5
 
 
+async def test_on_the_loop_lines_reach_the_thread_in_batches(tmp_path: Path) -> None:
+    path = tmp_path / "delivery.jsonl"
+    log = DeliveryLog(path)
+    log.start()
+    writer = log._writer
+    assert writer is not None
+    for n in range(10):
+        log.on_attempt(*fake_attempt(n))
+    assert writer.taken == 0  # held for one hand-over, not one queue put per line
+    deadline = time.monotonic() + 5
+    while len(path.read_text().splitlines()) < 20:
+        assert time.monotonic() < deadline, "the batch was never handed over"
+        await asyncio.sleep(0.01)
+    assert writer.taken == 20
+    for n in range(10, 10 + delivery_log._HAND_OVER_LINES // 2):  # a full batch: at once
+        log.on_attempt(*fake_attempt(n))
+    assert not log._batch and log._timer is None
+    log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == log.records == 20 + delivery_log._HAND_OVER_LINES
+    assert json.loads(lines[-1])["queue_id"] == f"q{9 + delivery_log._HAND_OVER_LINES // 2}"
+
+
 # -- a real relay: credentials everywhere, none in the log ------------------------------
 
 
