@@ -292,5 +292,6 @@ async def test_dns_over_tls(tmp_path: Path) -> None:
             timeout=1.0,
             attempts=1,
         )
-        with pytest.raises(DNSTemporaryError):
+        with pytest.raises(DNSTemporaryError) as caught:
             await wrong_name.mx("tls.test")
+        assert "Hostname mismatch" in str(caught.value)  # the cause, named

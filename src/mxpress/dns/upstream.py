@@ -14,7 +14,7 @@ import os
 import ssl
 import time
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import dns.asyncresolver
 import dns.exception
@@ -82,17 +82,40 @@ def parse_nameserver(
             raise ConfigError(
                 f"nameserver {spec!r}: cannot load the CA certificates {tls_verify!s}: {exc}"
             ) from exc
-        return dns.nameserver.DoHNameserver(text, verify=verify)  # type: ignore[arg-type]
+        return _DoHNameserver(text, verify=verify)  # type: ignore[arg-type]
     if lowered.startswith("tls://"):
         rest, _, tls_name = text[6:].partition("#")
         address, port = _split_host_port(rest, 853, spec)
-        return dns.nameserver.DoTNameserver(
-            address, port, hostname=tls_name or None, verify=tls_verify
-        )
+        return _DoTNameserver(address, port, hostname=tls_name or None, verify=tls_verify)
     if "://" in text:
         raise ConfigError(f"nameserver {spec!r}: unknown scheme; {_SPEC_HELP}")
     address, port = _split_host_port(text, 53, spec)
     return dns.nameserver.Do53Nameserver(address, port)
+
+
+class _RemembersFailure:
+    """An encrypted nameserver that keeps its last failure. dnspython retries a DoT or
+    DoH server's errors (a refused certificate, a refused connection) until the time is
+    up, and then reports only the timeout: this keeps the cause for the message."""
+
+    last_error: Exception | None = None
+
+    async def async_query(self, *args: Any, **kwargs: Any) -> dns.message.Message:
+        try:
+            response: dns.message.Message = await super().async_query(*args, **kwargs)  # type: ignore[misc]
+        except Exception as exc:
+            self.last_error = exc
+            raise
+        self.last_error = None
+        return response
+
+
+class _DoHNameserver(_RemembersFailure, dns.nameserver.DoHNameserver):
+    pass
+
+
+class _DoTNameserver(_RemembersFailure, dns.nameserver.DoTNameserver):
+    pass
 
 
 def _doh_verify(tls_verify: TLSVerify) -> bool | ssl.SSLContext:
@@ -209,6 +232,9 @@ class Upstream:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            for ns in self.nameservers:
+                if isinstance(ns, _RemembersFailure):
+                    ns.last_error = None
             self.stats.upstream_queries += 1
             budget = min(remaining, round_time)
             try:
@@ -230,7 +256,7 @@ class Upstream:
                     response = None
                 return Answer(name, rdtype, (), _negative_ttl(response), "nxdomain")
             except (TimeoutError, dns.resolver.LifetimeTimeout):
-                reason = f"no answer within {budget:.2f} s"
+                reason = f"no answer within {budget:.2f} s" + self._failures()
                 continue
             except dns.resolver.NoNameservers as exc:
                 reason = _no_nameservers_reason(exc)
@@ -245,6 +271,15 @@ class Upstream:
             "try again later",
             name=name,
         )
+
+    def _failures(self) -> str:
+        """What the encrypted nameservers of this round failed with, if anything."""
+        failures = [
+            f"{describe(ns)}: {ns.last_error}"
+            for ns in self.nameservers
+            if isinstance(ns, _RemembersFailure) and ns.last_error is not None
+        ]
+        return "; last errors: " + "; ".join(failures) if failures else ""
 
 
 def _no_nameservers_reason(exc: dns.resolver.NoNameservers) -> str:
