@@ -4,17 +4,13 @@ Dovecot-protocol checker)."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import grp
 import os
 import pwd
-import shutil
 import signal
 import socket
-import stat
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -32,32 +28,18 @@ from tests.lab.lab_common import (
     free_port,
     require_binary,
 )
+from tests.lab.lab_dovecot import DovecotAuth
+from tests.lab.lab_postfix_files import (
+    MASTER_CF,
+    access_map,
+    main_cf,
+    make_queue_dirs,
+    remove_path,
+    scratch_dir,
+    searchable_by,
+)
 
 __all__ = ["PostfixServer", "postfix_smtpd"]
-
-_MASTER_CF = """\
-# A private Postfix instance for the mxpress lab: what smtpd needs, with discard (default) or
-# smtp delivery (as a relay, for benchmarks).
-# chroot is off (column 5) so no files need copying into the queue directory.
-{host}:{port} inet n - n - - smtpd
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-discard   unix  - - n - - discard
-smtp      unix  - - n - - smtp
-error     unix  - - n - - error
-retry     unix  - - n - - error
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
 
 
 class PostfixServer(LabServer):
@@ -77,7 +59,7 @@ class PostfixServer(LabServer):
         hostname: str,
         ca: TestCA | None,
         remove: list[Path],
-        auth: _DovecotAuth | None = None,
+        auth: DovecotAuth | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.root = root
@@ -156,7 +138,7 @@ class PostfixServer(LabServer):
         self._unregister()
         for path in self._remove:
             with contextlib.suppress(OSError):
-                _remove(path)
+                remove_path(path)
         self._remove = []
 
 
@@ -180,227 +162,6 @@ def _live_group_members(pgid: int) -> list[int]:
         if len(rest) > 2 and int(rest[2]) == pgid and rest[0] not in (b"Z", b"X"):
             found.append(int(entry))
     return found
-
-
-# queue subdirectory -> (mode, group is setgid_group); all are owned by mail_owner
-_QUEUE_DIRS = {
-    "active": (0o700, False),
-    "bounce": (0o700, False),
-    "corrupt": (0o700, False),
-    "defer": (0o700, False),
-    "deferred": (0o700, False),
-    "flush": (0o700, False),
-    "hold": (0o700, False),
-    "incoming": (0o700, False),
-    "private": (0o700, False),
-    "saved": (0o700, False),
-    "trace": (0o700, False),
-    "maildrop": (0o730, True),
-    "public": (0o710, True),
-}
-
-
-def _make_queue_dirs(spool: Path, owner: pwd.struct_passwd, setgid_gid: int) -> None:
-    (spool / "pid").mkdir(mode=0o755, exist_ok=True)  # root-owned: master.pid
-    for name, (mode, setgid_group) in _QUEUE_DIRS.items():
-        d = spool / name
-        d.mkdir(exist_ok=True)
-        d.chmod(mode)
-        os.chown(d, owner.pw_uid, setgid_gid if setgid_group else owner.pw_gid)
-
-
-def _scratch_dir() -> Path:
-    d = Path(tempfile.mkdtemp(prefix="mxpress-postfix-"))
-    d.chmod(0o755)  # mkdtemp makes it 0700; mail_owner must be able to search it
-    return d
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    else:
-        shutil.rmtree(path)
-
-
-def _searchable_by(path: Path, user: pwd.struct_passwd) -> bool:
-    """True if `user` may search (x) every directory from / down to `path`."""
-    gids = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
-    for d in (path, *path.parents):
-        st = d.stat()
-        if st.st_uid == user.pw_uid:
-            bit = stat.S_IXUSR
-        elif st.st_gid in gids:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not st.st_mode & bit:
-            return False
-    return True
-
-
-class _DovecotAuth:
-    """A minimal Dovecot auth server (protocol 1.x) on a UNIX socket, checking PLAIN and LOGIN
-    against a dict. Neither Dovecot nor Cyrus's sasldb tools are installed, and this is all
-    Postfix's `smtpd_sasl_type = dovecot` needs; the SMTP side of AUTH stays real Postfix.
-    Runs in threads of this process; `attempts` records (user, accepted)."""
-
-    def __init__(self, path: Path, users: Mapping[str, str], owner: pwd.struct_passwd) -> None:
-        self.path = path
-        self.users = dict(users)
-        self.attempts: list[tuple[str, bool]] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(str(path))
-        os.chown(path, owner.pw_uid, owner.pw_gid)  # smtpd connects as mail_owner
-        path.chmod(0o660)
-        self._sock.listen(16)
-        threading.Thread(target=self._accept, name="lab-dovecot-auth", daemon=True).start()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return  # closed by close()
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _check(self, user: str, password: str) -> str:
-        ok = self.users.get(user) == password
-        self.attempts.append((user, ok))
-        return "OK" if ok else "FAIL"
-
-    def _serve(self, conn: socket.socket) -> None:
-        cookie = os.urandom(16).hex().encode()
-        with conn, conn.makefile("rb") as f:
-            conn.sendall(
-                b"VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nMECH\tLOGIN\tplaintext\n"
-                b"SPID\t%d\nCUID\t1\nCOOKIE\t%s\nDONE\n" % (os.getpid(), cookie)
-            )
-            pending: dict[str, list[str]] = {}  # request id -> [mechanism, decoded client steps]
-            for raw in f:
-                fields = raw.rstrip(b"\n").decode("utf-8", "replace").split("\t")
-                if fields[0] == "AUTH" and len(fields) >= 3:
-                    rid = fields[1]
-                    pending[rid] = [fields[2].upper()]
-                    params = dict(p.partition("=")[::2] for p in fields[3:])
-                    data = params.get("resp")  # initial response, if the client sent one
-                elif fields[0] == "CONT" and len(fields) >= 2 and fields[1] in pending:
-                    rid = fields[1]
-                    data = fields[2] if len(fields) > 2 else ""
-                else:
-                    continue  # VERSION, CPID: nothing to answer
-                steps = pending[rid]
-                if data is not None:
-                    steps.append(base64.b64decode(data).decode("utf-8", "replace"))
-                verb, arg = self._step(steps)
-                if verb != "CONT":
-                    del pending[rid]
-                conn.sendall(f"{verb}\t{rid}\t{arg}\n".encode())
-
-    def _step(self, steps: list[str]) -> tuple[str, str]:
-        """The reply to a request so far: ("CONT", base64 challenge) or ("OK"/"FAIL", args)."""
-        mech, answers = steps[0], steps[1:]
-        if mech == "PLAIN" and answers:
-            _, user, password = [*answers[0].split("\0"), "", ""][:3]  # authzid, authcid, pw
-        elif mech == "PLAIN":
-            return "CONT", ""
-        elif mech == "LOGIN" and len(answers) == 2:
-            user, password = answers
-        elif mech == "LOGIN":
-            prompt = b"Username:" if not answers else b"Password:"
-            return "CONT", base64.b64encode(prompt).decode()
-        else:
-            return "FAIL", "reason=unsupported mechanism"
-        return self._check(user, password), f"user={user}"
-
-
-def _access_map(reject: Iterable[str], defer: Iterable[str]) -> str:
-    lines = ["# recipient -> action (access(5)); keys may be addresses or domains"]
-    for key in reject:
-        lines.append(f"{key} 550 5.1.1 user unknown (lab)")
-    for key in defer:
-        lines.append(f"{key} 450 4.2.0 try again later (lab)")
-    return "\n".join(lines) + "\n"
-
-
-def _main_cf(
-    root: Path,
-    hostname: str,
-    tls_files: tuple[Path, Path] | None,
-    max_connections: int,
-    message_size_limit: int,
-    extra: Mapping[str, str],
-) -> str:
-    domain = hostname.split(".", 1)[1] if "." in hostname else "test"
-    params: dict[str, str] = {
-        "compatibility_level": "3.6",
-        "queue_directory": str(root / "spool"),
-        "data_directory": str(root / "data"),
-        "mail_owner": "postfix",
-        "setgid_group": "postdrop",
-        # Names are set explicitly so Postfix never asks the resolver (it is off-loopback).
-        "myhostname": hostname,
-        "mydomain": domain,
-        "myorigin": "$myhostname",
-        # Postfix only accepts addresses that are configured on an interface here, and lo
-        # has just 127.0.0.1; the smtpd listener's own address comes from master.cf, which
-        # may be any 127.x.y.z.
-        "inet_interfaces": "127.0.0.1",
-        "inet_protocols": "ipv4",
-        "smtpd_peername_lookup": "no",
-        "smtp_dns_support_level": "disabled",
-        # No local or relay domains: every recipient goes to the discard transport.
-        "mydestination": "",
-        "relay_domains": "",
-        "local_recipient_maps": "",
-        "alias_maps": "",
-        "alias_database": "",
-        "mynetworks": "127.0.0.0/8",
-        "default_transport": "discard:lab",
-        "relay_transport": "discard:lab",
-        "local_transport": "discard:lab",
-        # Postfix insists on a relay restriction that can reject; loopback clients pass it.
-        "smtpd_relay_restrictions": "permit_mynetworks, reject",
-        "smtpd_recipient_restrictions": (
-            f"check_recipient_access texthash:{root / 'etc' / 'rcpt_access'}, permit"
-        ),
-        # Defaults tuned against abusive clients would slow benches: no tarpit after errors,
-        # no inflow throttling, generous limits.
-        "smtpd_error_sleep_time": "0",
-        "smtpd_soft_error_limit": "1000",
-        "smtpd_hard_error_limit": "10000",
-        "smtpd_junk_command_limit": "10000",
-        "smtpd_recipient_limit": "10000",
-        "in_flow_delay": "0",
-        "default_process_limit": str(max_connections),
-        "message_size_limit": str(message_size_limit),
-        "smtpd_banner": "$myhostname ESMTP Postfix (mxpress lab)",
-        "biff": "no",
-        "append_dot_mydomain": "no",
-        "maillog_file": str(root / "maillog"),
-        # maillog_file must start with one of these prefixes (default: /var, /dev/stdout).
-        "maillog_file_prefixes": str(root),
-    }
-    if tls_files is not None:
-        key, chain = tls_files
-        params |= {
-            "smtpd_tls_security_level": "may",
-            "smtpd_tls_chain_files": f"{key}, {chain}",
-            # Session IDs for TLS <= 1.2 clients without tickets; tickets (keys from tlsmgr)
-            # cover the rest, TLS 1.3 included.
-            "smtpd_tls_session_cache_database": "btree:${data_directory}/smtpd_scache",
-            "smtpd_tls_session_cache_timeout": "3600s",
-            "smtpd_tls_loglevel": "1",
-            "smtpd_tls_received_header": "yes",
-        }
-    params |= dict(extra)
-    return "".join(f"{k} = {v}\n" for k, v in params.items())
 
 
 def postfix_smtpd(
@@ -456,21 +217,21 @@ def postfix_smtpd(
     name = f"postfix-{host}-{port}"
     remove: list[Path] = []
     if workdir is None:
-        root = _scratch_dir() / name
+        root = scratch_dir() / name
         remove.append(root.parent)
     else:
         base = Path(workdir).resolve()
         base.mkdir(parents=True, exist_ok=True)
         link = base / name
         if link.is_symlink() or link.exists():
-            _remove(link)  # a stale instance (queue files, pid lock) would confuse master
-        if _searchable_by(base, owner):
+            remove_path(link)  # a stale instance (queue files, pid lock) would confuse master
+        if searchable_by(base, owner):
             root = link
         else:
             # master opens data_directory files as mail_owner, so every directory above the
             # instance must be searchable by it; pytest's tmp_path (under a 0700 dir) is not.
             # Run from a scratch dir instead, linked from workdir, removed at stop.
-            root = _scratch_dir() / name
+            root = scratch_dir() / name
             link.symlink_to(root, target_is_directory=True)
             remove += [link, root.parent]
     etc, spool, data = root / "etc", root / "spool", root / "data"
@@ -500,10 +261,10 @@ def postfix_smtpd(
             extra["smtpd_relay_restrictions"] = "permit_sasl_authenticated, reject"
     extra |= extra_config or {}
     (etc / "main.cf").write_text(
-        _main_cf(root, hostname, tls_files, max_connections, message_size_limit, extra)
+        main_cf(root, hostname, tls_files, max_connections, message_size_limit, extra)
     )
-    (etc / "master.cf").write_text(_MASTER_CF.format(host=host, port=port))
-    (etc / "rcpt_access").write_text(_access_map(reject_recipients, defer_recipients))
+    (etc / "master.cf").write_text(MASTER_CF.format(host=host, port=port))
+    (etc / "rcpt_access").write_text(access_map(reject_recipients, defer_recipients))
     # Postfix re-reads a config file that changed within the last second or so, pausing
     # 300 ms per try ("let it cool down"): ~2 s per start. Backdate the files instead.
     cooled = time.time() - 60
@@ -516,14 +277,14 @@ def postfix_smtpd(
             auth_server.close()
         for path in remove:
             with contextlib.suppress(OSError):
-                _remove(path)
+                remove_path(path)
         return LabError(f"Postfix at {host}:{port}: {what}\n{output}\n--- maillog tail ---\n{log}")
 
     # The queue layout `postfix check` would create (post-install create-missing), made
     # directly: that script takes ~2 s, this a millisecond. Bad settings still surface, as the
     # greeting probe below fails with the maillog attached.
-    _make_queue_dirs(spool, owner, grp.getgrnam("postdrop").gr_gid)
-    auth_server = _DovecotAuth(spool / "private" / "auth", auth, owner) if auth else None
+    make_queue_dirs(spool, owner, grp.getgrnam("postdrop").gr_gid)
+    auth_server = DovecotAuth(spool / "private" / "auth", auth, owner) if auth else None
     env = {**os.environ, "MAIL_CONFIG": str(etc)}
 
     # master runs in the foreground (-s keeps stdout for maillog_file=/dev/stdout users) as our
