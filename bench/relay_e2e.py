@@ -1,7 +1,7 @@
 """End-to-end durable relay throughput: smtp-source → relay → smtp-sink, one run.
 
     .venv/bin/python bench/relay_e2e.py [--messages 20000] [--sessions 20] [--size 1024]
-        [--reuse] [--repeat 1] [--workers 1]
+        [--reuse] [--repeat 1] [--workers 1] [--mxpress-only]
 
 --reuse: smtp-source sends every message of a session over one connection (`-d`), as a
 pooled client does; without it, one connection per message (smtp-source's default).
@@ -221,18 +221,26 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="smtp-source -d")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="mxpress server.workers")
+    parser.add_argument(
+        "--mxpress-only",
+        action="store_true",
+        help="skip Postfix (no ratio): for comparing two versions of mxpress by its rows",
+    )
     args = parser.parse_args()
     load = Load(args.messages, args.sessions, args.size, args.reuse, args.workers)
     rows: list[Row] = []
     ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="mxpress-e2e-") as tmp, smtp_sink() as sink:
         for run in range(args.repeat):
-            postfix = bench_postfix(Path(tmp) / f"pf{run}", sink, load)
-            print(postfix.markdown(), file=sys.stderr)
+            if not args.mxpress_only:
+                postfix = bench_postfix(Path(tmp) / f"pf{run}", sink, load)
+                print(postfix.markdown(), file=sys.stderr)
+                rows.append(postfix)
             mxpress = bench_mxpress(Path(tmp) / f"mx{run}", sink, load)
             print(mxpress.markdown(), file=sys.stderr)
-            rows += [postfix, mxpress]
-            ratios.append(mxpress.end_to_end / postfix.end_to_end)
+            rows.append(mxpress)
+            if not args.mxpress_only:
+                ratios.append(mxpress.end_to_end / postfix.end_to_end)
     connections = "one connection per session (-d)" if load.reuse else "one per message"
     print(
         f"\nsmtp-source ({load.sessions} sessions, {load.size} B, {connections}) → relay → "
@@ -245,8 +253,9 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         print(row.markdown())
-    each = ", ".join(f"{r:.2f}x" for r in ratios)
-    print(f"\nend-to-end mxpress / Postfix: {each}; median {statistics.median(ratios):.2f}x")
+    if ratios:
+        each = ", ".join(f"{r:.2f}x" for r in ratios)
+        print(f"\nend-to-end mxpress / Postfix: {each}; median {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":
