@@ -111,6 +111,16 @@ def wait_for(sink: SmtpSink, target: int, timeout: float = 600) -> None:
         time.sleep(0.01)
 
 
+def measure(sink: SmtpSink, port: int, load: Load) -> tuple[float, float, float]:
+    """Run the load against the relay on `port`: seconds until smtp-source had every 250,
+    seconds until the sink counted every message, and the machine's busy CPU seconds."""
+    base = sink.message_count()
+    start, busy = time.perf_counter(), busy_seconds()
+    submit = run_source(port, load)
+    wait_for(sink, base + load.messages)
+    return submit, time.perf_counter() - start, busy_seconds() - busy
+
+
 def percentiles(values: list[float]) -> tuple[float, float]:
     values.sort()
     if not values:
@@ -161,12 +171,7 @@ poll_interval = 0.05
                     break
             except OSError:
                 time.sleep(0.05)
-        base = sink.message_count()
-        start, busy = time.perf_counter(), busy_seconds()
-        submit = run_source(port, load)
-        wait_for(sink, base + n)
-        total = time.perf_counter() - start
-        cpu = busy_seconds() - busy
+        submit, total, cpu = measure(sink, port, load)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -200,12 +205,7 @@ def bench_postfix(tmp: Path, sink: SmtpSink, load: Load) -> Row:
         "default_process_limit": "100",
     }
     with postfix_smtpd("127.0.0.1", port, tls=False, workdir=tmp, extra_config=relay) as pf:
-        base = sink.message_count()
-        start, busy = time.perf_counter(), busy_seconds()
-        submit = run_source(port, load)
-        wait_for(sink, base + n)
-        total = time.perf_counter() - start
-        cpu = busy_seconds() - busy
+        submit, total, cpu = measure(sink, port, load)
         delays = [float(d) for d in re.findall(r"status=sent.*?\bdelay=([0-9.]+)", pf.log())]
         if not delays:
             delays = [float(d) for d in re.findall(r"\bdelay=([0-9.]+),.*status=sent", pf.log())]

@@ -137,7 +137,7 @@ class _LineWriter(threading.Thread):
             if batch is None:
                 self._file.close()
                 return
-            lines = list(batch)
+            lines = batch  # the loop no longer holds it
             with contextlib.suppress(queue.Empty):
                 while len(lines) < 4096:
                     more = batches.get_nowait()
