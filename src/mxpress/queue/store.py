@@ -78,6 +78,9 @@ class Lease:
     message: QueuedMessage  # with data, and only the recipients due now
     token: str
     expires_at: float
+    # True: `message` holds every recipient still to deliver (fresh mail, leased as it
+    # was stored), so an attempt that ends them all ends the message.
+    whole: bool = False
 
 
 @dataclass(frozen=True, slots=True)
