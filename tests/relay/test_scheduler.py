@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from email import policy
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 from mxpress.delivery.result import SendResult
 from mxpress.delivery.scheduler import Scheduler
 from mxpress.mailer import Mailer
+from mxpress.protocol.client import Outgoing
 from mxpress.queue.retry import RetryPolicy
 from mxpress.queue.sqlite import SQLiteQueue
 from mxpress.queue.store import (
@@ -322,3 +323,65 @@ async def test_a_lease_that_waited_half_its_time_away_is_given_back_not_started(
         await s.stop()
     assert s.stats.returned == 2  # given back, leased again afresh, then delivered
     assert len(sink_handler.messages) == 3
+
+
+class CountingMailer(Mailer):
+    """A real Mailer that remembers how many messages each `deliver` call carried."""
+
+    calls: list[int]
+
+    async def deliver(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
+        self.calls.append(len(outgoings))
+        return await super().deliver(outgoings)
+
+
+async def test_fresh_leases_taken_in_one_loop_turn_go_out_together(
+    store: SQLiteQueue, sink_server: AiosmtpdServer, sink_handler: RecordingHandler
+) -> None:
+    seen = Seen()
+    m = CountingMailer(f"smtp+plain://{sink_server.host}:{sink_server.port}", timeout=10)
+    m.calls = []
+    async with m:
+        s = scheduler(store, m, seen)
+        s.start()
+        # As the relay does with one group commit's enqueues: all stored, then all taken.
+        leases = await asyncio.gather(
+            *(
+                store.enqueue_leased(NewMessage("a@x.test", [f"r{i}@example.test"], MSG), 60)
+                for i in range(6)
+            )
+        )
+        leases.append(await store.enqueue_leased(NewMessage("a@x.test", ["r@other.test"], MSG), 60))
+        for lease in leases:
+            await s.take(lease)
+        assert s.in_flight == 0  # started once this loop turn ends, together
+        await asyncio.sleep(0)
+        assert s.in_flight == 7
+        await run_until(store, lambda: s.stats.attempts >= 7)
+        await s.stop()
+    assert sorted(m.calls) == [1, 6]  # one call per domain
+    assert len(sink_handler.messages) == 7 and len(seen.attempts) == 7
+    assert [await state(store, lease.message.id) for lease in leases] == [MessageState.DONE] * 7
+
+
+async def test_a_message_deleted_mid_delivery_fails_alone(
+    store: SQLiteQueue, sink_server: AiosmtpdServer, sink_handler: RecordingHandler
+) -> None:
+    sink_handler.delays = {"MAIL": 0.3}  # time to delete one while the group is out
+    seen = Seen()
+    async with Mailer(f"smtp+plain://{sink_server.host}:{sink_server.port}", timeout=10) as m:
+        s = scheduler(store, m, seen)
+        s.start()
+        leases = [
+            await store.enqueue_leased(NewMessage("a@x.test", [f"r{i}@example.test"], MSG), 60)
+            for i in range(3)
+        ]
+        for lease in leases:
+            await s.take(lease)
+        await run_until(store, lambda: s.in_flight == 3)
+        assert await store.delete(leases[1].message.id)
+        await run_until(store, lambda: s.stats.errors >= 1 and s.stats.attempts >= 2)
+        await s.stop()
+    assert s.stats.errors == 1 and s.stats.attempts == 2
+    assert {m.id for m, _, _ in seen.attempts} == {leases[0].message.id, leases[2].message.id}
+    assert await store.get(leases[1].message.id) is None

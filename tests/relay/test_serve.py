@@ -284,7 +284,15 @@ def check_workers(
     # The HTTP API (worker 0) sees every worker's messages.
     headers = {"Authorization": f"Bearer {API_KEY}"}
     for message_id in (min(stored["queue.sqlite3"]), min(stored["queue.1.sqlite3"])):
-        r = httpx.get(f"http://127.0.0.1:{http_port}/v1/messages/{message_id}", headers=headers)
+        # The outcome is written after the sink has the message: wait for it.
+        deadline = time.monotonic() + 10
+        while True:
+            url = f"http://127.0.0.1:{http_port}/v1/messages/{message_id}"
+            r = httpx.get(url, headers=headers)
+            if r.status_code != 200 or r.json()["state"] == "done":
+                break
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.05)
         assert r.status_code == 200 and r.json()["state"] == "done", r.text
     # /metrics (worker 0) carries both workers' counts, one family, labelled by worker.
     deadline = time.monotonic() + 10

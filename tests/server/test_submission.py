@@ -271,6 +271,17 @@ async def test_a_network_that_does_not_hold_the_peer_does_not_help(make_server: 
     await raw.close()
 
 
+def test_trust_answers_are_remembered_per_peer_and_bounded(queue: FakeQueue) -> None:
+    server = SubmissionServer(queue, trusted_networks=("10.0.0.0/8", "::ffff:0:0/96"))
+    peers = {"10.1.2.3": True, "::ffff:10.0.0.1": True, "192.0.2.1": False, "junk": False}
+    for _ in range(2):  # the second round answers from the cache: the same
+        assert {p: server.is_trusted(p) for p in peers} == peers
+    for i in range(5000):  # a flood of distinct peers does not grow it without end
+        assert not server.is_trusted(f"192.0.{i // 256}.{i % 256}")
+    assert len(server._trust_cache) <= 4096
+    assert server.is_trusted("10.1.2.3")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

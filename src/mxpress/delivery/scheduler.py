@@ -10,6 +10,9 @@
   how fast the domain's deliveries have been ending (at most `park_seconds`). So a slow
   destination never holds up the others (a dead one fails fast anyway: connect backoff
   in the pool), and a burst for a fast one waits milliseconds, not seconds.
+- Messages for one domain that are ready together (fresh mail stored in one group
+  commit, a page of due messages) go out together: one Mailer call, one batch of
+  pipelined transactions, one write for all their outcomes.
 - Per recipient: delivered; deferred with the retry policy's next time; bounced on a 5xx
   or once the queue lifetime is over, with an RFC 3464 DSN to the sender (never to `<>`,
   never for a bounce). The DSN is queued before the outcome is recorded: a crash between
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from mxpress.delivery.bounce import FailedRecipient, build_dsn, should_bounce, status_for
 from mxpress.delivery.result import Outcome, RecipientResult, SendResult
 from mxpress.delivery.router import domain_of
-from mxpress.errors import MxpressError
+from mxpress.errors import MxpressError, QueueError
 from mxpress.mailer import Mailer
 from mxpress.protocol.client import Outgoing
 from mxpress.queue.retry import RetryPolicy
@@ -98,6 +101,10 @@ class Scheduler:
         self._ready_limit = per_domain if ready_per_domain is None else ready_per_domain
         self._ready: dict[str, deque[Lease]] = {}
         self._ready_count = 0
+        self._running = 0  # messages being delivered (concurrency counts these)
+        # Fresh leases handed over by `take`, started together once per loop turn.
+        self._taken: list[Lease] = []
+        self._taken_handle: asyncio.Handle | None = None
         self._monotonic = monotonic
         # Per busy domain: when its last delivery ended; per recent domain: the smoothed
         # gap between endings (seconds). See _pace.
@@ -127,6 +134,10 @@ class Scheduler:
         the rest back to the queue: their leases are released, nothing is lost."""
         self._stopping = True
         self._wake.set()
+        if self._taken_handle is not None:
+            self._taken_handle.cancel()
+            self._taken_handle = None
+        taken, self._taken = self._taken, []
         if self._runner is not None:
             await self._runner
         if self._tasks:
@@ -135,7 +146,7 @@ class Scheduler:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        waiting = [lease for ready in self._ready.values() for lease in ready]
+        waiting = taken + [lease for ready in self._ready.values() for lease in ready]
         self._ready.clear()
         self._ready_count = 0
         for lease in waiting:  # never started: back to the queue, due as they were
@@ -143,7 +154,8 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        """Messages being delivered."""
+        return self._running
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -157,18 +169,18 @@ class Scheduler:
                 if now >= next_expiry:
                     await self._expire(now)
                     next_expiry = now + self._expiry_interval
-                room = self._concurrency - len(self._tasks)
+                room = self._concurrency - self._running
                 if room > 0:
                     leases = await self._store.lease_due(
                         now, min(room, self._batch), self._lease_seconds
                     )
                     leased = len(leases)
-                    for lease in leases:
-                        await self._dispatch(lease, now)
+                    for lease, retry_at in self._admit(leases, now):
+                        await self._store.release(lease, retry_at=retry_at)
             except MxpressError as exc:  # e.g. the store is briefly unavailable
                 self.stats.errors += 1
                 logger.error("scheduler: %s", exc)
-            if leased and len(self._tasks) < self._concurrency:
+            if leased and self._running < self._concurrency:
                 continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
@@ -179,7 +191,7 @@ class Scheduler:
             domain = domain_of(recipient)
         except MxpressError:
             domain = ""
-        if self._stopping or len(self._tasks) >= self._concurrency:
+        if self._stopping or self._running + len(self._taken) >= self._concurrency:
             return False
         return self._by_domain[domain] < self._per_domain or self._ready_room(domain)
 
@@ -195,26 +207,50 @@ class Scheduler:
 
     async def take(self, lease: Lease) -> None:
         """Deliver a message leased by someone else (the relay leases fresh mail as it
-        stores it, sparing a lease_due pass)."""
-        await self._dispatch(lease, self._clock())
+        stores it, sparing a lease_due pass). Leases taken in one loop turn (one group
+        commit's worth) start together."""
+        if self._stopping:
+            await self._store.release(lease)
+            return
+        self._taken.append(lease)
+        if self._taken_handle is None:
+            self._taken_handle = asyncio.get_running_loop().call_soon(self._admit_taken)
 
-    async def _dispatch(self, lease: Lease, now: float) -> None:
-        domain = _domain(lease.message)
-        if self._by_domain[domain] < self._per_domain:
-            self._start(lease, domain)
-        elif self._ready_room(domain):
-            self.stats.readied += 1
-            self._ready.setdefault(domain, deque()).append(lease)
-            self._ready_count += 1
-        else:
-            self.stats.parked += 1
-            await self._store.release(lease, retry_at=now + self._park_time(domain))
+    def _admit_taken(self) -> None:
+        self._taken_handle = None
+        taken, self._taken = self._taken, []
+        for lease, retry_at in self._admit(taken, self._clock()):
+            self._release_later(lease, retry_at)
 
-    def _start(self, lease: Lease, domain: str) -> None:
-        self._by_domain[domain] += 1
-        task = asyncio.get_running_loop().create_task(self._deliver(lease, domain))
+    def _admit(self, leases: Sequence[Lease], now: float) -> list[tuple[Lease, float]]:
+        """Start what each domain has room for, as one group per domain; the rest wait in
+        the domain's ready queue, or, past its bound, are returned with the time they
+        should be parked until."""
+        by_domain: dict[str, list[Lease]] = {}
+        for lease in leases:
+            by_domain.setdefault(_domain(lease.message), []).append(lease)
+        parked = []
+        for domain, group in by_domain.items():
+            free = self._per_domain - self._by_domain[domain]
+            if free > 0:
+                self._start(group[:free], domain)
+            for lease in group[max(free, 0) :]:
+                if self._ready_room(domain):
+                    self.stats.readied += 1
+                    self._ready.setdefault(domain, deque()).append(lease)
+                    self._ready_count += 1
+                else:
+                    self.stats.parked += 1
+                    parked.append((lease, now + self._park_time(domain)))
+        return parked
+
+    def _start(self, leases: list[Lease], domain: str) -> None:
+        count = len(leases)
+        self._by_domain[domain] += count
+        self._running += count
+        task = asyncio.get_running_loop().create_task(self._deliver(leases))
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, domain))
+        task.add_done_callback(lambda t: self._finished(t, domain, count))
 
     def _park_time(self, domain: str) -> float:
         """How long the domain's ready queue should take to drain, at the pace its
@@ -225,29 +261,33 @@ class Scheduler:
         waiting = len(self._ready.get(domain, ())) + 1
         return min(self._park, max(_MIN_PARK, waiting * gap))
 
-    def _pace(self, domain: str) -> None:
-        """Learn the gap between a domain's delivery endings. Only while it stays busy:
+    def _pace(self, domain: str, count: int) -> None:
+        """Learn the gap between a domain's delivery endings (`count` ended together:
+        each counts for a share of the time). Only while it stays busy:
         a gap that spans an idle spell says nothing about its pace. The gaps outlive the
         busy spell (the next burst starts informed), for the latest `_PACED` domains."""
         now = self._monotonic()
         last = self._last_end.pop(domain, None)
         if last is not None:
             previous = self._gap.pop(domain, None)
-            gap = now - last
+            gap = (now - last) / count
             self._gap[domain] = gap if previous is None else 0.8 * previous + 0.2 * gap
             if len(self._gap) > _PACED:
                 del self._gap[next(iter(self._gap))]  # the least recently updated
         if self._by_domain[domain] or domain in self._ready:
             self._last_end[domain] = now
 
-    def _finished(self, task: asyncio.Task[None], domain: str) -> None:
+    def _finished(self, task: asyncio.Task[None], domain: str, count: int) -> None:
         self._tasks.discard(task)
-        self._by_domain[domain] -= 1
-        self._pace(domain)
+        self._running -= count
+        self._by_domain[domain] -= count
+        self._pace(domain, count)
+        free = self._per_domain - self._by_domain[domain]
         if not self._by_domain[domain]:
             del self._by_domain[domain]
         ready = self._ready.get(domain)
-        while ready and not self._stopping:
+        start: list[Lease] = []
+        while ready and len(start) < free and not self._stopping:
             lease = ready.popleft()
             self._ready_count -= 1
             if not ready:
@@ -255,47 +295,68 @@ class Scheduler:
             # A lease that waited most of its time away goes back rather than risk
             # running out mid-delivery (and being leased twice).
             if lease.expires_at - self._clock() > self._lease_seconds / 2:
-                self._start(lease, domain)
-                break
+                start.append(lease)
+                continue
             self.stats.returned += 1
             self._release_later(lease)
+        if start:
+            self._start(start, domain)
         self._wake.set()  # a slot is free
 
-    def _release_later(self, lease: Lease) -> None:
-        task = asyncio.get_running_loop().create_task(self._release(lease))
+    def _release_later(self, lease: Lease, retry_at: float | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(lease, retry_at))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _release(self, lease: Lease) -> None:
+    async def _release(self, lease: Lease, retry_at: float | None = None) -> None:
         try:
-            await self._store.release(lease)
+            await self._store.release(lease, retry_at=retry_at)
         except MxpressError as exc:  # the lease runs out by itself: delivered later
             self.stats.errors += 1
             logger.error("scheduler: could not give back %s: %s", lease.message.id, exc)
 
     # -- one attempt ----------------------------------------------------------------------
 
-    async def _deliver(self, lease: Lease, domain: str) -> None:
-        message = lease.message
+    async def _deliver(self, leases: list[Lease]) -> None:
+        """One attempt for each of a group of messages (one domain), sent together."""
         try:
-            rcpts = [r.recipient for r in message.recipients]
-            assert message.data is not None, "a lease carries the message data"
-            [result] = await self._mailer.deliver([Outgoing(message.sender, rcpts, message.data)])
-            outcomes = self._outcomes(message, result)
-            await self._bounce_if_needed(message, outcomes, result)
-            await self._store.record(lease, outcomes)
-            self.stats.attempts += 1
-            if self._observer is not None:
-                self._notify(message, result, outcomes)
+            outgoing = []
+            for lease in leases:
+                message = lease.message
+                assert message.data is not None, "a lease carries the message data"
+                rcpts = [r.recipient for r in message.recipients]
+                outgoing.append(Outgoing(message.sender, rcpts, message.data))
+            results = await self._mailer.deliver(outgoing)
+            attempts = []
+            for lease, result in zip(leases, results, strict=True):
+                outcomes = self._outcomes(lease.message, result)
+                await self._bounce_if_needed(lease.message, outcomes, result)
+                attempts.append((lease, outcomes))
+            stored = await self._store.record_many(attempts)
         except asyncio.CancelledError:
-            # Shutting down: give the lease back so another run delivers it (if the attempt
-            # went out already, that may deliver twice: at least once, never zero times).
-            await asyncio.shield(self._store.release(lease))
+            # Shutting down: give the leases back so another run delivers them (if the
+            # attempt went out already, that may deliver twice: at least once, never zero).
+            await asyncio.shield(self._release_all(leases, None))
             raise
         except Exception as exc:
             self.stats.errors += 1
-            logger.exception("delivery of %s failed: %s", message.id, exc)
-            await self._store.release(lease, retry_at=self._clock() + self._park)
+            ids = ", ".join(lease.message.id for lease in leases)
+            logger.exception("delivery of %s failed: %s", ids, exc)
+            await self._release_all(leases, self._clock() + self._park)
+            return
+        for (lease, outcomes), result, done in zip(attempts, results, stored, strict=True):
+            if isinstance(done, QueueError):  # e.g. deleted meanwhile: this one only
+                self.stats.errors += 1
+                logger.error("delivery of %s: %s", lease.message.id, done)
+                await self._release(lease, self._clock() + self._park)
+                continue
+            self.stats.attempts += 1
+            if self._observer is not None:
+                self._notify(lease.message, result, outcomes)
+
+    async def _release_all(self, leases: Sequence[Lease], retry_at: float | None) -> None:
+        for lease in leases:
+            await self._release(lease, retry_at)
 
     def _notify(
         self, message: QueuedMessage, result: SendResult, outcomes: Sequence[AttemptOutcome]

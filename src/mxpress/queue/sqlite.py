@@ -173,6 +173,27 @@ class SQLiteQueue:
         )
         return message
 
+    async def record_many(
+        self, attempts: Sequence[tuple[Lease, Sequence[AttemptOutcome]]]
+    ) -> builtins.list[QueuedMessage | QueueError]:
+        """`record` for several attempts in one request of the writer (one hand-over and
+        one wake-up for all). A QueueError for one attempt is its answer alone: `record`
+        raises those before it writes anything."""
+        now = self._clock()
+        items = [(lease, tuple(outcomes)) for lease, outcomes in attempts]
+        retry = self._retry
+
+        def op(conn: sqlite3.Connection) -> builtins.list[QueuedMessage | QueueError]:
+            out: builtins.list[QueuedMessage | QueueError] = []
+            for lease, outcomes in items:
+                try:
+                    out.append(ops.record(conn, lease, outcomes, now, retry)[0])
+                except QueueError as exc:
+                    out.append(exc)
+            return out
+
+        return await self._writer.submit(op)
+
     async def release(self, lease: Lease, *, retry_at: float | None = None) -> None:
         await self._writer.submit(lambda conn: ops.release(conn, lease, retry_at))
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from mxpress.errors import QueueError
+
 
 class RecipientState(StrEnum):
     PENDING = "pending"  # not yet tried, or due for another try
@@ -146,6 +148,13 @@ class QueueStore(QueueAdmin, Protocol):
     async def record(self, lease: Lease, outcomes: Sequence[AttemptOutcome]) -> QueuedMessage:
         """Record one attempt's per-recipient outcomes, release the lease, and return the
         updated message (state DONE when no recipient is left to deliver)."""
+        ...
+
+    async def record_many(
+        self, attempts: Sequence[tuple[Lease, Sequence[AttemptOutcome]]]
+    ) -> builtins.list[QueuedMessage | QueueError]:
+        """`record` for several attempts in one write. Each gets its updated message, or
+        the QueueError that `record` would have raised for it (nothing of it stored)."""
         ...
 
     async def release(self, lease: Lease, *, retry_at: float | None = None) -> None:
