@@ -193,11 +193,16 @@ class Relay:
         auth = sub.auth_user or "-"
         new = NewMessage(sub.sender, list(sub.recipients), data, origin=f"smtp:{auth}@{sub.peer}")
         scheduler = self.scheduler
-        if scheduler.has_room(new.recipients[0]):
+        reservation = scheduler.reserve(new.recipients[0])
+        if reservation is not None:
             # Fresh mail goes straight to delivery: stored and leased in one commit.
-            lease = await self.store.enqueue_leased(new, scheduler.lease_seconds)
+            try:
+                lease = await self.store.enqueue_leased(new, scheduler.lease_seconds)
+            except BaseException:
+                scheduler.unreserve(reservation)
+                raise
             message_id = lease.message.id
-            await scheduler.take(lease)
+            await scheduler.take(lease, reservation)
         else:
             message_id = await self.store.enqueue(new)
             scheduler.wake()

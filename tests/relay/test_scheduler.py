@@ -13,12 +13,14 @@ import pytest
 
 from mxpress.delivery.result import SendResult
 from mxpress.delivery.scheduler import Scheduler
+from mxpress.errors import QueueError
 from mxpress.mailer import Mailer
 from mxpress.protocol.client import Outgoing
 from mxpress.queue.retry import RetryPolicy
 from mxpress.queue.sqlite import SQLiteQueue
 from mxpress.queue.store import (
     AttemptOutcome,
+    Lease,
     MessageState,
     NewMessage,
     QueuedMessage,
@@ -226,6 +228,7 @@ def narrow(store: SQLiteQueue, mailer: Mailer, seen: Seen, ready: int) -> Schedu
 async def test_a_burst_for_one_domain_waits_in_its_ready_queue_not_in_a_park(
     store: SQLiteQueue, sink_server: AiosmtpdServer, sink_handler: RecordingHandler
 ) -> None:
+    sink_handler.delays = {"MAIL": 0.05}  # each delivery holds the domain's one slot a while
     seen = Seen()
     async with Mailer(f"smtp+plain://{sink_server.host}:{sink_server.port}", timeout=10) as m:
         s = narrow(store, m, seen, ready=10)
@@ -385,3 +388,64 @@ async def test_a_message_deleted_mid_delivery_fails_alone(
     assert s.stats.errors == 1 and s.stats.attempts == 2
     assert {m.id for m, _, _ in seen.attempts} == {leases[0].message.id, leases[2].message.id}
     assert await store.get(leases[1].message.id) is None
+
+
+async def test_reservations_hold_room_for_mail_being_stored(
+    store: SQLiteQueue, sink_server: AiosmtpdServer
+) -> None:
+    async with Mailer(f"smtp+plain://{sink_server.host}:{sink_server.port}", timeout=10) as m:
+        s = narrow(store, m, Seen(), ready=1)  # room for two: one slot, one ready place
+        first, second = s.reserve("a@example.test"), s.reserve("b@example.test")
+        assert first == second == "example.test"
+        assert s.reserve("c@example.test") is None  # both places promised already
+        assert s.reserve("c@other.test") == "other.test"  # another domain has its own
+        s.unreserve(second)
+        assert s.reserve("c@example.test") == "example.test"
+        reservations = ("example.test", "example.test", "other.test")
+        leases = await asyncio.gather(  # stored in one commit, then taken, as the relay does
+            *(
+                store.enqueue_leased(NewMessage("a@x.test", [f"r@{r}"], MSG), s.lease_seconds)
+                for r in reservations
+            )
+        )
+        for lease, reservation in zip(leases, reservations, strict=True):
+            await s.take(lease, reservation)
+        assert s.reserve("d@example.test") is None  # taken, not admitted yet: still held
+        await asyncio.sleep(0)  # admitted: the reservations became a slot and a ready place
+        assert s.reserve("d@example.test") is None
+        assert s.in_flight == 2 and s.stats.readied == 1
+        await run_until(store, lambda: s.stats.attempts >= 3)
+        assert s.reserve("d@example.test") == "example.test"  # all delivered: room again
+        await s.stop()
+    assert s.stats.parked == 0
+
+
+class SlowRecords(SQLiteQueue):
+    """Outcomes are written only once `go` is set."""
+
+    go: asyncio.Event
+
+    async def record_many(
+        self, attempts: Sequence[tuple[Lease, Sequence[AttemptOutcome]]]
+    ) -> list[QueuedMessage | QueueError]:
+        await self.go.wait()
+        return await super().record_many(attempts)
+
+
+async def test_a_domain_slot_is_free_once_delivered_not_once_recorded(
+    tmp_path: Path, sink_server: AiosmtpdServer, sink_handler: RecordingHandler
+) -> None:
+    async with SlowRecords(tmp_path / "q.sqlite3", retry=FAST) as slow:
+        slow.go = asyncio.Event()
+        async with Mailer(f"smtp+plain://{sink_server.host}:{sink_server.port}", timeout=10) as m:
+            s = narrow(slow, m, Seen(), ready=5)  # one delivery at a time for the domain
+            s.start()
+            for i in range(3):
+                await slow.enqueue(NewMessage("a@x.test", [f"r{i}@example.test"], MSG))
+            s.wake()
+            # No outcome is written yet, and still all three went out, one after another.
+            await run_until(slow, lambda: len(sink_handler.messages) >= 3)
+            assert s.stats.attempts == 0 and s.in_flight == 0
+            slow.go.set()
+            await run_until(slow, lambda: s.stats.attempts >= 3)
+            await s.stop()

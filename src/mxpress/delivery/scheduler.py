@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 _MIN_PARK = 0.01  # seconds: a parked message is never due again at once
 _PACED = 4096  # domains whose delivery pace is remembered
+_GROUP = 16  # most messages delivered (and recorded) together
 # Called after each attempt with the message, the attempt's result and the outcomes.
 Observer = Callable[[QueuedMessage, SendResult, Sequence[AttemptOutcome]], None]
 
@@ -102,8 +103,12 @@ class Scheduler:
         self._ready: dict[str, deque[Lease]] = {}
         self._ready_count = 0
         self._running = 0  # messages being delivered (concurrency counts these)
-        # Fresh leases handed over by `take`, started together once per loop turn.
-        self._taken: list[Lease] = []
+        # Room promised to fresh mail being stored (`reserve`), per domain, until its
+        # lease is admitted; and the leases handed over by `take`, admitted together
+        # once per loop turn.
+        self._reserved: Counter[str] = Counter()
+        self._reserved_total = 0
+        self._taken: list[tuple[Lease, str | None]] = []
         self._taken_handle: asyncio.Handle | None = None
         self._monotonic = monotonic
         # Per busy domain: when its last delivery ended; per recent domain: the smoothed
@@ -137,7 +142,7 @@ class Scheduler:
         if self._taken_handle is not None:
             self._taken_handle.cancel()
             self._taken_handle = None
-        taken, self._taken = self._taken, []
+        taken = self._unreserve_taken()
         if self._runner is not None:
             await self._runner
         if self._tasks:
@@ -185,15 +190,32 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
 
-    def has_room(self, recipient: str) -> bool:
-        """Could a message for this recipient start delivery right now?"""
+    def reserve(self, recipient: str) -> str | None:
+        """Room for one fresh message to this recipient's domain: a slot or a place in
+        its ready queue, held for it while it is stored. Returns the reservation, for
+        `take` (or `unreserve`, if storing failed); None: no room now (store it plainly,
+        it is leased when due). Without reservations every submission stored during one
+        commit would see the same room, and the surplus would be parked."""
         try:
             domain = domain_of(recipient)
         except MxpressError:
             domain = ""
-        if self._stopping or self._running + len(self._taken) >= self._concurrency:
-            return False
-        return self._by_domain[domain] < self._per_domain or self._ready_room(domain)
+        if self._stopping or self._running + self._reserved_total >= self._concurrency:
+            return None
+        free = self._per_domain - self._by_domain[domain]
+        ready = len(self._ready.get(domain, ()))
+        waiting = min(self._ready_limit - ready, self._concurrency - self._ready_count)
+        if free + max(waiting, 0) <= self._reserved[domain]:
+            return None
+        self._reserved[domain] += 1
+        self._reserved_total += 1
+        return domain
+
+    def unreserve(self, reservation: str) -> None:
+        self._reserved[reservation] -= 1
+        self._reserved_total -= 1
+        if not self._reserved[reservation]:
+            del self._reserved[reservation]
 
     def _ready_room(self, domain: str) -> bool:
         ready = self._ready.get(domain)
@@ -205,22 +227,31 @@ class Scheduler:
     def lease_seconds(self) -> float:
         return self._lease_seconds
 
-    async def take(self, lease: Lease) -> None:
+    async def take(self, lease: Lease, reservation: str | None = None) -> None:
         """Deliver a message leased by someone else (the relay leases fresh mail as it
-        stores it, sparing a lease_due pass). Leases taken in one loop turn (one group
-        commit's worth) start together."""
+        stores it, sparing a lease_due pass), with the room `reserve` held for it.
+        Leases taken in one loop turn (one group commit's worth) start together."""
         if self._stopping:
+            if reservation is not None:
+                self.unreserve(reservation)
             await self._store.release(lease)
             return
-        self._taken.append(lease)
+        self._taken.append((lease, reservation))
         if self._taken_handle is None:
             self._taken_handle = asyncio.get_running_loop().call_soon(self._admit_taken)
 
     def _admit_taken(self) -> None:
         self._taken_handle = None
-        taken, self._taken = self._taken, []
+        taken = self._unreserve_taken()
         for lease, retry_at in self._admit(taken, self._clock()):
             self._release_later(lease, retry_at)
+
+    def _unreserve_taken(self) -> list[Lease]:
+        taken, self._taken = self._taken, []
+        for _, reservation in taken:
+            if reservation is not None:
+                self.unreserve(reservation)
+        return [lease for lease, _ in taken]
 
     def _admit(self, leases: Sequence[Lease], now: float) -> list[tuple[Lease, float]]:
         """Start what each domain has room for, as one group per domain; the rest wait in
@@ -245,12 +276,17 @@ class Scheduler:
         return parked
 
     def _start(self, leases: list[Lease], domain: str) -> None:
-        count = len(leases)
-        self._by_domain[domain] += count
-        self._running += count
-        task = asyncio.get_running_loop().create_task(self._deliver(leases))
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, domain, count))
+        loop = asyncio.get_running_loop()
+        # A group frees its slots when its last message is recorded: small groups free
+        # them sooner (and teach the domain's pace early in a burst).
+        for first in range(0, len(leases), _GROUP):
+            group = leases[first : first + _GROUP]
+            count = len(group)
+            self._by_domain[domain] += count
+            self._running += count
+            task = loop.create_task(self._deliver(group, domain))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _park_time(self, domain: str) -> float:
         """How long the domain's ready queue should take to drain, at the pace its
@@ -277,8 +313,8 @@ class Scheduler:
         if self._by_domain[domain] or domain in self._ready:
             self._last_end[domain] = now
 
-    def _finished(self, task: asyncio.Task[None], domain: str, count: int) -> None:
-        self._tasks.discard(task)
+    def _finished(self, domain: str, count: int) -> None:
+        """`count` messages to `domain` are through with it: their slots are free."""
         self._running -= count
         self._by_domain[domain] -= count
         self._pace(domain, count)
@@ -317,16 +353,20 @@ class Scheduler:
 
     # -- one attempt ----------------------------------------------------------------------
 
-    async def _deliver(self, leases: list[Lease]) -> None:
+    async def _deliver(self, leases: list[Lease], domain: str) -> None:
         """One attempt for each of a group of messages (one domain), sent together."""
         try:
-            outgoing = []
-            for lease in leases:
-                message = lease.message
-                assert message.data is not None, "a lease carries the message data"
-                rcpts = [r.recipient for r in message.recipients]
-                outgoing.append(Outgoing(message.sender, rcpts, message.data))
-            results = await self._mailer.deliver(outgoing)
+            try:
+                outgoing = []
+                for lease in leases:
+                    message = lease.message
+                    assert message.data is not None, "a lease carries the message data"
+                    rcpts = [r.recipient for r in message.recipients]
+                    outgoing.append(Outgoing(message.sender, rcpts, message.data))
+                results = await self._mailer.deliver(outgoing)
+            finally:
+                # The domain is done with them: recording the outcomes needs no slot.
+                self._finished(domain, len(leases))
             attempts = []
             for lease, result in zip(leases, results, strict=True):
                 outcomes = self._outcomes(lease.message, result)
