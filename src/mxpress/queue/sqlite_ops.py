@@ -40,13 +40,15 @@ def enqueue(
 ) -> str:
     """Insert a message; with `lease` (token, expiry) it is stored already leased."""
     token, expires = lease if lease is not None else (None, None)
+    first = recipients[0]
     for _ in range(3):
         message_id = ids.new(now)
         try:
+            # The message, its body and its first recipient (the view's trigger).
             conn.execute(
-                "INSERT INTO messages (id, sender, state, created_at, size, is_bounce, origin,"
-                " envid, next_due, lease_token, lease_expires)"
-                " VALUES (?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO new_message (id, sender, created_at, size, is_bounce, origin,"
+                " envid, next_due, lease_token, lease_expires, data, address, domain)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message_id,
                     message.sender,
@@ -58,6 +60,9 @@ def enqueue(
                     now if expires is None else expires,
                     token,
                     expires,
+                    data,
+                    first,
+                    _domain(first),
                 ),
             )
         except sqlite3.IntegrityError:
@@ -65,12 +70,16 @@ def enqueue(
         break
     else:
         raise QueueError("could not allocate a unique message id")
-    conn.execute("INSERT INTO message_data (id, data) VALUES (?, ?)", (message_id, data))
-    conn.executemany(
-        "INSERT INTO recipients (message_id, idx, address, domain, state, next_attempt,"
-        " updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-        [(message_id, i, rcpt, _domain(rcpt), now, now) for i, rcpt in enumerate(recipients)],
-    )
+    if len(recipients) > 1:
+        conn.executemany(
+            "INSERT INTO recipients (message_id, idx, address, domain, state, next_attempt,"
+            " updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            [
+                (message_id, i, rcpt, _domain(rcpt), now, now)
+                for i, rcpt in enumerate(recipients)
+                if i
+            ],
+        )
     return message_id
 
 

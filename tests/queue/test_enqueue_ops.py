@@ -1,0 +1,72 @@
+"""`enqueue` stores a message, its body and its first recipient in one statement (the
+`new_message` view's trigger); the rest of the recipients after it."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mxpress.errors import QueueError
+from mxpress.queue import sqlite_ops as ops
+from mxpress.queue import sqlite_reads as reads
+from mxpress.queue.sqlite_schema import IdGenerator, connect, ensure_schema
+from tests.queue.conftest import T0, msg
+
+
+class Replaying(IdGenerator):
+    """Hands out the given ids first (to collide on purpose), then fresh ones."""
+
+    def __init__(self, *ids: str) -> None:
+        super().__init__()
+        self.queued = list(ids)
+
+    def new(self, now: float) -> str:
+        return self.queued.pop(0) if self.queued else super().new(now)
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    db = connect(tmp_path / "queue.sqlite3", create=True, busy_timeout=1.0)
+    ensure_schema(db)
+    yield db
+    db.close()
+
+
+def counts(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM message_data),"
+        " (SELECT count(*) FROM recipients)"
+    ).fetchone()
+    return row[0], row[1], row[2]
+
+
+def test_one_statement_stores_message_body_and_first_recipient(conn: sqlite3.Connection) -> None:
+    seen: list[str] = []
+    conn.set_trace_callback(seen.append)
+    rcpts = ("a@example.com", "b@Example.NET", "c@example.org")
+    message_id = ops.enqueue(conn, msg(*rcpts), rcpts, b"body", T0, IdGenerator())
+    conn.set_trace_callback(None)
+    assert seen[0].startswith("INSERT INTO new_message")
+    assert not any(s.startswith("INSERT INTO messages") for s in seen)  # not from Python
+    stored = reads.get(conn, message_id, with_data=True)
+    assert stored is not None and stored.data == b"body" and stored.size == 4
+    assert [r.recipient for r in stored.recipients] == list(rcpts)
+    domains = conn.execute("SELECT domain FROM recipients ORDER BY idx").fetchall()
+    assert [d[0] for d in domains] == ["example.com", "example.net", "example.org"]
+    assert counts(conn) == (1, 1, 3)
+
+
+def test_a_taken_id_is_retried_and_nothing_is_half_stored(conn: sqlite3.Connection) -> None:
+    first = ops.enqueue(conn, msg(), ("a@example.com",), b"one", T0, IdGenerator())
+    second = ops.enqueue(
+        conn, msg(), ("b@example.com",), b"two", T0, Replaying(first, first)
+    )  # two collisions, then a fresh id
+    assert second != first and counts(conn) == (2, 2, 2)
+    with pytest.raises(QueueError, match="unique message id"):
+        ops.enqueue(conn, msg(), ("c@example.com",), b"three", T0, Replaying(*[first] * 3))
+    assert counts(conn) == (2, 2, 2)  # the failed attempts left no body nor recipient
+    stored = reads.get(conn, first, with_data=True)
+    assert stored is not None and stored.data == b"one"
