@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from mxpress.queue import NewMessage, SQLiteQueue
+from mxpress.queue.sqlite_schema import connect, ensure_schema
 
 T0 = 1_700_000_000.0
 
@@ -38,6 +40,15 @@ def clock() -> FakeClock:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "var" / "queue.sqlite3"
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to a fresh queue file, for the SQL functions (sqlite_ops) alone."""
+    db = connect(tmp_path / "queue.sqlite3", create=True, busy_timeout=1.0)
+    ensure_schema(db)
+    yield db
+    db.close()
 
 
 @pytest.fixture

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from mxpress.errors import QueueError
 from mxpress.queue import sqlite_ops as ops
 from mxpress.queue import sqlite_reads as reads
-from mxpress.queue.sqlite_schema import IdGenerator, connect, ensure_schema
+from mxpress.queue.sqlite_schema import IdGenerator
 from tests.queue.conftest import T0, msg
 
 
@@ -25,14 +23,6 @@ class Replaying(IdGenerator):
 
     def new(self, now: float) -> str:
         return self.queued.pop(0) if self.queued else super().new(now)
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    db = connect(tmp_path / "queue.sqlite3", create=True, busy_timeout=1.0)
-    ensure_schema(db)
-    yield db
-    db.close()
 
 
 def counts(conn: sqlite3.Connection) -> tuple[int, int, int]:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from mxpress.queue import AttemptOutcome, MessageState, RecipientState, RetryPolicy
 from mxpress.queue import sqlite_ops as ops
@@ -18,14 +15,6 @@ from mxpress.queue.store import Lease, QueuedMessage
 from tests.queue.conftest import T0, msg
 
 RCPTS = ("a@example.com", "b@example.net", "c@example.org")
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    db = connect(tmp_path / "queue.sqlite3", create=True, busy_timeout=1.0)
-    ensure_schema(db)
-    yield db
-    db.close()
 
 
 def fresh(conn: sqlite3.Connection, ids: IdGenerator) -> Lease:
