@@ -29,9 +29,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mxpress.delivery.bounce import FailedRecipient, build_dsn, should_bounce, status_for
-from mxpress.delivery.result import Outcome, RecipientResult, SendResult
+from mxpress.delivery.bounce import FailedRecipient, build_dsn, should_bounce
+from mxpress.delivery.pace import DomainPace
+from mxpress.delivery.result import SendResult
 from mxpress.delivery.router import domain_of
+from mxpress.delivery.verdicts import attempt_outcomes, bounced_recipients, expiry_outcomes
 from mxpress.errors import MxpressError, QueueError
 from mxpress.mailer import Mailer
 from mxpress.protocol.client import Outgoing
@@ -48,8 +50,6 @@ from mxpress.queue.store import (
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-_MIN_PARK = 0.01  # seconds: a parked message is never due again at once
-_PACED = 4096  # domains whose delivery pace is remembered
 _GROUP = 16  # most messages delivered (and recorded) together
 # Called after each attempt with the message, the attempt's result and the outcomes.
 Observer = Callable[[QueuedMessage, SendResult, Sequence[AttemptOutcome]], None]
@@ -110,11 +110,7 @@ class Scheduler:
         self._reserved_total = 0
         self._taken: list[tuple[Lease, str | None]] = []
         self._taken_handle: asyncio.Handle | None = None
-        self._monotonic = monotonic
-        # Per busy domain: when its last delivery ended; per recent domain: the smoothed
-        # gap between endings (seconds). See _pace.
-        self._last_end: dict[str, float] = {}
-        self._gap: dict[str, float] = {}
+        self._pace = DomainPace(park_seconds, monotonic)
         self._expiry_interval = expiry_interval
         self._clock = clock
         self._observer = observer
@@ -272,12 +268,13 @@ class Scheduler:
                     self._ready_count += 1
                 else:
                     self.stats.parked += 1
-                    parked.append((lease, now + self._park_time(domain)))
+                    waiting = len(self._ready.get(domain, ())) + 1
+                    parked.append((lease, now + self._pace.park_time(domain, waiting)))
         return parked
 
     def _start(self, leases: list[Lease], domain: str) -> None:
         loop = asyncio.get_running_loop()
-        # A group frees its slots when its last message is recorded: small groups free
+        # A group frees its slots when its slowest message is through: small groups free
         # them sooner (and teach the domain's pace early in a burst).
         for first in range(0, len(leases), _GROUP):
             group = leases[first : first + _GROUP]
@@ -288,36 +285,12 @@ class Scheduler:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _park_time(self, domain: str) -> float:
-        """How long the domain's ready queue should take to drain, at the pace its
-        deliveries have been ending; `park_seconds` if that is unknown or longer."""
-        gap = self._gap.get(domain)
-        if gap is None:
-            return self._park
-        waiting = len(self._ready.get(domain, ())) + 1
-        return min(self._park, max(_MIN_PARK, waiting * gap))
-
-    def _pace(self, domain: str, count: int) -> None:
-        """Learn the gap between a domain's delivery endings (`count` ended together:
-        each counts for a share of the time). Only while it stays busy:
-        a gap that spans an idle spell says nothing about its pace. The gaps outlive the
-        busy spell (the next burst starts informed), for the latest `_PACED` domains."""
-        now = self._monotonic()
-        last = self._last_end.pop(domain, None)
-        if last is not None:
-            previous = self._gap.pop(domain, None)
-            gap = (now - last) / count
-            self._gap[domain] = gap if previous is None else 0.8 * previous + 0.2 * gap
-            if len(self._gap) > _PACED:
-                del self._gap[next(iter(self._gap))]  # the least recently updated
-        if self._by_domain[domain] or domain in self._ready:
-            self._last_end[domain] = now
-
     def _finished(self, domain: str, count: int) -> None:
         """`count` messages to `domain` are through with it: their slots are free."""
         self._running -= count
         self._by_domain[domain] -= count
-        self._pace(domain, count)
+        busy = self._by_domain[domain] > 0 or domain in self._ready
+        self._pace.ended(domain, count, still_busy=busy)
         free = self._per_domain - self._by_domain[domain]
         if not self._by_domain[domain]:
             del self._by_domain[domain]
@@ -410,62 +383,25 @@ class Scheduler:
             logger.exception("delivery observer failed on %s", message.id)
 
     def _outcomes(self, message: QueuedMessage, result: SendResult) -> list[AttemptOutcome]:
-        now = self._clock()
-        expired = self._policy.expired(message.created_at, now, message.is_bounce)
-        outcomes = []
-        for status in message.recipients:
-            r = result.recipients.get(status.recipient) or RecipientResult(
-                status.recipient, Outcome.DEFERRED, reason="not attempted"
-            )
-            reply = (
-                str(r.reply)
-                if r.reply is not None and r.outcome is not Outcome.DEFERRED
-                else (r.reason or str(r.reply or ""))
-            )
-            if r.outcome is Outcome.DELIVERED:
-                self.stats.delivered += 1
-                outcomes.append(
-                    AttemptOutcome(status.recipient, RecipientState.DELIVERED, reply, r.host or "")
-                )
-            elif r.outcome is Outcome.BOUNCED or expired:
-                self.stats.bounced += 1
-                why = reply if r.outcome is Outcome.BOUNCED else f"expired in queue: {reply}"
-                outcomes.append(
-                    AttemptOutcome(status.recipient, RecipientState.BOUNCED, why, r.host or "")
-                )
+        outcomes = attempt_outcomes(message, result, self._policy, self._clock())
+        stats = self.stats
+        for o in outcomes:
+            if o.state is RecipientState.DELIVERED:
+                stats.delivered += 1
+            elif o.state is RecipientState.BOUNCED:
+                stats.bounced += 1
             else:
-                self.stats.deferred += 1
-                delay = self._policy.next_delay(status.attempts + 1)
-                outcomes.append(
-                    AttemptOutcome(
-                        status.recipient,
-                        RecipientState.DEFERRED,
-                        reply,
-                        r.host or "",
-                        next_attempt=now + delay,
-                    )
-                )
+                stats.deferred += 1
         return outcomes
 
     async def _bounce_if_needed(
         self, message: QueuedMessage, outcomes: Sequence[AttemptOutcome], result: SendResult
     ) -> None:
-        bounced = [o for o in outcomes if o.state is RecipientState.BOUNCED]
-        if not bounced or not should_bounce(message.sender, message.is_bounce):
+        if not should_bounce(message.sender, message.is_bounce):
             return
-        now = self._clock()
-        failed = []
-        for o in bounced:
-            r = result.recipients.get(o.recipient)
-            reply = r.reply if r is not None else None
-            expired = r is None or r.outcome is not Outcome.BOUNCED
-            status = status_for(
-                reply.code if reply else None, reply.enhanced if reply else None, expired=expired
-            )
-            if expired and status.startswith("4"):
-                status = "4.4.7"  # still failing when the lifetime ran out
-            failed.append(FailedRecipient(o.recipient, status, o.reply, o.host, last_attempt=now))
-        await self._send_dsn(message, failed)
+        failed = bounced_recipients(outcomes, result, self._clock())
+        if failed:
+            await self._send_dsn(message, failed)
 
     async def _send_dsn(self, message: QueuedMessage, failed: Sequence[FailedRecipient]) -> None:
         assert message.data is not None
@@ -494,15 +430,7 @@ class Scheduler:
         )
         for lease in leases:
             message = lease.message
-            outcomes = [
-                AttemptOutcome(
-                    r.recipient,
-                    RecipientState.BOUNCED,
-                    f"expired in queue after {r.attempts} attempts: {r.last_reply}",
-                    r.last_host,
-                )
-                for r in message.recipients
-            ]
+            outcomes = expiry_outcomes(message)
             self.stats.bounced += len(outcomes)
             self.stats.expired += len(outcomes)
             if should_bounce(message.sender, message.is_bounce):
