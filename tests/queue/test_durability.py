@@ -192,7 +192,10 @@ async def test_a_request_that_fails_halfway_is_undone_alone_in_one_commit(
 
 async def test_cancelled_enqueue_that_has_not_run_is_not_stored(db_path: Path) -> None:
     async with SQLiteQueue(db_path, group_commit_window=0.05) as store:
-        await store.enqueue(msg())  # the writer is idle again, waiting for the next one
+        # Ten at once: the writer has seen company, so the next batch waits for as many
+        # (more than will come), the whole window.
+        await asyncio.gather(*(store.enqueue(msg()) for _ in range(10)))
+        assert store.stats.max_batch >= 5
         first = asyncio.ensure_future(store.enqueue(msg()))
         await asyncio.sleep(0)
         doomed = asyncio.ensure_future(store.enqueue(msg()))
@@ -200,7 +203,23 @@ async def test_cancelled_enqueue_that_has_not_run_is_not_stored(db_path: Path) -
         doomed.cancel()
         await first  # the batch (first + doomed) ran after the cancel, inside the window
         assert store.stats.skipped == 1
-        assert (await store.counts()).messages["active"] == 2
+        assert (await store.counts()).messages["active"] == 11
+
+
+async def test_the_window_waits_only_for_company(db_path: Path) -> None:
+    async with SQLiteQueue(db_path, group_commit_window=0.3) as store:
+        start = time.perf_counter()
+        for _ in range(5):  # a lone writer: every batch has one request, no wait
+            await store.enqueue(msg())
+        assert time.perf_counter() - start < 0.3
+        await asyncio.gather(*(store.enqueue(msg()) for _ in range(4)))  # company
+        start = time.perf_counter()
+        await store.enqueue(msg())  # alone now: the writer waited for company in vain
+        assert time.perf_counter() - start >= 0.25
+        start = time.perf_counter()
+        await store.enqueue(msg())  # ... and learned: no wait
+        assert time.perf_counter() - start < 0.25
+        assert (await store.counts()).messages["active"] == 11
 
 
 async def test_due_paging_stays_flat_at_depth(db_path: Path, clock: FakeClock) -> None:

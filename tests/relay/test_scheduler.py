@@ -449,3 +449,39 @@ async def test_a_domain_slot_is_free_once_delivered_not_once_recorded(
             slow.go.set()
             await run_until(slow, lambda: s.stats.attempts >= 3)
             await s.stop()
+
+
+class CountingStore(SQLiteQueue):
+    """Counts lease_due passes."""
+
+    passes = 0
+
+    async def lease_due(self, now: float, limit: int, lease_seconds: float) -> list[Lease]:
+        self.passes += 1
+        return await super().lease_due(now, limit, lease_seconds)
+
+
+async def test_a_free_slot_looks_in_the_store_only_when_something_may_wait_there(
+    tmp_path: Path, sink_server: AiosmtpdServer, sink_handler: RecordingHandler
+) -> None:
+    relay = f"smtp+plain://{sink_server.host}:{sink_server.port}"
+    async with (
+        CountingStore(tmp_path / "q.sqlite3", retry=FAST) as store,
+        Mailer(relay, timeout=10) as m,
+    ):
+        s = Scheduler(store, m, FAST, hostname="relay.test", poll_interval=30)
+        s.start()
+        await run_until(store, lambda: store.passes == 1)  # the first look: nothing
+        for i in range(5):  # fresh mail, each taken in its own loop turn
+            lease = await store.enqueue_leased(
+                NewMessage("a@x.test", [f"r{i}@example.test"], MSG), s.lease_seconds
+            )
+            await s.take(lease)
+        await run_until(store, lambda: s.stats.attempts >= 5)
+        assert store.passes == 1  # five deliveries ended: no pass for nothing
+        waiting = await store.enqueue(NewMessage("a@x.test", ["late@example.test"], MSG))
+        s.wake()  # stored plainly, as the relay does without room
+        await run_until(store, lambda: s.stats.attempts >= 6)
+        assert store.passes >= 2 and await is_done(store, waiting)
+        await s.stop()
+    assert len(sink_handler.messages) == 6

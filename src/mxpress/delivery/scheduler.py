@@ -115,6 +115,10 @@ class Scheduler:
         self._clock = clock
         self._observer = observer
         self._wake = asyncio.Event()
+        # False once a lease_due pass found nothing more due and nothing was stored or
+        # given back since: then a free slot needs no pass (fresh mail is leased as it
+        # is stored), and the writer is spared a request per delivery.
+        self._backlog = True
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_domain: Counter[str] = Counter()
@@ -128,6 +132,7 @@ class Scheduler:
 
     def wake(self) -> None:
         """New mail arrived (or was released): look for due messages now."""
+        self._backlog = True
         self._wake.set()
 
     async def stop(self, grace: float = 30.0) -> None:
@@ -172,13 +177,16 @@ class Scheduler:
                     next_expiry = now + self._expiry_interval
                 room = self._concurrency - self._running
                 if room > 0:
-                    leases = await self._store.lease_due(
-                        now, min(room, self._batch), self._lease_seconds
-                    )
+                    asked = min(room, self._batch)
+                    self._backlog = False
+                    leases = await self._store.lease_due(now, asked, self._lease_seconds)
                     leased = len(leases)
+                    if leased == asked:
+                        self._backlog = True  # a full page: there may be more
                     for lease, retry_at in self._admit(leases, now):
                         await self._store.release(lease, retry_at=retry_at)
             except MxpressError as exc:  # e.g. the store is briefly unavailable
+                self._backlog = True
                 self.stats.errors += 1
                 logger.error("scheduler: %s", exc)
             if leased and self._running < self._concurrency:
@@ -310,7 +318,8 @@ class Scheduler:
             self._release_later(lease)
         if start:
             self._start(start, domain)
-        self._wake.set()  # a slot is free
+        if self._backlog:
+            self._wake.set()  # a slot is free for what is waiting in the store
 
     def _release_later(self, lease: Lease, retry_at: float | None = None) -> None:
         task = asyncio.get_running_loop().create_task(self._release(lease, retry_at))
@@ -318,11 +327,15 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _release(self, lease: Lease, retry_at: float | None = None) -> None:
+        self._backlog = True  # due again, now or at retry_at
         try:
             await self._store.release(lease, retry_at=retry_at)
         except MxpressError as exc:  # the lease runs out by itself: delivered later
             self.stats.errors += 1
             logger.error("scheduler: could not give back %s: %s", lease.message.id, exc)
+            return
+        if retry_at is None and not self._stopping:
+            self._wake.set()  # due now: a pass picks it up
 
     # -- one attempt ----------------------------------------------------------------------
 
