@@ -53,8 +53,8 @@ class SQLiteQueue:
         then it waits for as many as the last batch had, at most this long. Requests
         that arrive during a commit share the next one anyway, but with a few dozen
         lock-step writers (SMTP sessions) batches stay small and each commit costs far
-        more CPU than a request: 1 ms cut the relay's commits from ~1.5 to ~4 messages
-        each with two workers (relay CPU per message -10 to -17%, 250 latency
+        more CPU than a request: 1 ms took the relay from ~1.7 to ~3.1 messages per
+        commit with two workers (relay CPU per message -9 to -12%, 250 latency
         unchanged). A lone writer never waits (a fixed wait cut one from ~4,000 to ~420
         msgs/s in bench/queue_bench.py). 0: never wait.
     max_batch: most write requests in one transaction (bounds the latency of each).
