@@ -50,11 +50,10 @@ SCHEMA = (
         PRIMARY KEY (message_id, idx)
     ) WITHOUT ROWID""",
 )
-# A done message's body is dropped in the statement that marks it done (one statement
-# less per delivered message), and
-# A message, its body and its first recipient stored by one INSERT (into the view
-# `new_message`): under load every statement costs the writer thread a turn at the GIL.
-# IF NOT EXISTS: these are also added to files made without them.
+# Fewer statements per message (under load each costs the writer thread a turn at the
+# GIL): a done message's body is dropped by the UPDATE that marks it done, and a message,
+# its body and its first recipient are stored by one INSERT into the view `new_message`.
+# IF NOT EXISTS: these are also added to files made without them (no version bump).
 ADDED = (
     """CREATE TRIGGER IF NOT EXISTS message_done_drops_body
     AFTER UPDATE OF state ON messages WHEN NEW.state = 'done'
