@@ -48,18 +48,20 @@ postlog   unix-dgram n - n - 1 postlogd
 
 
 # queue subdirectory -> (mode, group is setgid_group); all are owned by mail_owner
-_QUEUE_DIRS = {
-    "active": (0o700, False),
-    "bounce": (0o700, False),
-    "corrupt": (0o700, False),
-    "defer": (0o700, False),
-    "deferred": (0o700, False),
-    "flush": (0o700, False),
-    "hold": (0o700, False),
-    "incoming": (0o700, False),
-    "private": (0o700, False),
-    "saved": (0o700, False),
-    "trace": (0o700, False),
+_PRIVATE_DIRS = (
+    "active",
+    "bounce",
+    "corrupt",
+    "defer",
+    "deferred",
+    "flush",
+    "hold",
+    "incoming",
+    "private",
+    "saved",
+    "trace",
+)
+_QUEUE_DIRS = {name: (0o700, False) for name in _PRIVATE_DIRS} | {
     "maildrop": (0o730, True),
     "public": (0o710, True),
 }

@@ -207,9 +207,7 @@ class Scheduler:
         if self._stopping or self._running + self._reserved_total >= self._concurrency:
             return None
         free = self._per_domain - self._by_domain[domain]
-        ready = len(self._ready.get(domain, ()))
-        waiting = min(self._ready_limit - ready, self._concurrency - self._ready_count)
-        if free + max(waiting, 0) <= self._reserved[domain]:
+        if free + self._ready_places(domain) <= self._reserved[domain]:
             return None
         self._reserved[domain] += 1
         self._reserved_total += 1
@@ -221,11 +219,10 @@ class Scheduler:
         if not self._reserved[reservation]:
             del self._reserved[reservation]
 
-    def _ready_room(self, domain: str) -> bool:
-        ready = self._ready.get(domain)
-        return self._ready_count < self._concurrency and (
-            ready is None or len(ready) < self._ready_limit
-        )
+    def _ready_places(self, domain: str) -> int:
+        """Free places in the domain's ready queue (bounded per domain and in all)."""
+        ready = len(self._ready.get(domain, ()))
+        return max(0, min(self._ready_limit - ready, self._concurrency - self._ready_count))
 
     @property
     def lease_seconds(self) -> float:
@@ -270,7 +267,7 @@ class Scheduler:
             if free > 0:
                 self._start(group[:free], domain)
             for lease in group[max(free, 0) :]:
-                if self._ready_room(domain):
+                if self._ready_places(domain):
                     self.stats.readied += 1
                     self._ready.setdefault(domain, deque()).append(lease)
                     self._ready_count += 1
