@@ -329,19 +329,45 @@ def test_second_relay_on_same_data_dir_refused(
     assert first.signal(signal.SIGTERM) == 0
 
 
-def test_a_worker_that_dies_stops_the_relay(
+def test_a_worker_that_dies_is_started_again(
     tmp_path: Path, sink: tuple[AiosmtpdServer, RecordingHandler]
 ) -> None:
-    # A relay at part strength is worse than a restart by the service manager.
+    # Like Postfix's master: the other worker goes on serving, the dead one comes back,
+    # and the relay is whole again (both queue files take mail, HTTP and metrics work).
     server, handler = sink
-    port = free_port()
-    serve = ServeProcess(write_config(tmp_path, server, port, workers=2), port)
+    port, http_port = free_port(), free_port()
+    config = write_config(tmp_path, server, port, workers=2, http_port=http_port)
+    serve = ServeProcess(config, port)
     serve.start()
     assert serve.proc is not None
-    workers = children_of(serve.proc.pid)
-    assert len(workers) == 2
-    submit(port, 1)
-    handler.wait_for_messages(1, timeout=20)
-    os.kill(workers[1], signal.SIGKILL)
-    assert serve.proc.wait(30) == 1
-    wait_gone(workers)  # the other worker was stopped too
+    try:
+        workers = sorted(children_of(serve.proc.pid))
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while True:
+            now = sorted(children_of(serve.proc.pid))
+            if len(now) == 2 and workers[1] not in now:
+                break
+            assert serve.proc.poll() is None, serve.output()
+            assert time.monotonic() < deadline, f"no new worker: {now}"
+            time.sleep(0.05)
+        assert workers[0] in now  # the other worker was not touched
+        wait_listeners(port, 2)  # the new worker has bound the shared SMTP port
+        check_workers(serve, port, http_port, tmp_path / "var", handler)
+    finally:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+
+
+def wait_listeners(port: int, count: int, timeout: float = 20) -> None:
+    """Wait until `count` sockets listen on 127.0.0.1:`port` (SO_REUSEPORT)."""
+    local = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        listening = sum(1 for row in rows if row[1] == local and row[3] == "0A")
+        if listening >= count:
+            return
+        assert time.monotonic() < deadline, f"{listening} listeners on {port}, not {count}"
+        time.sleep(0.05)
