@@ -306,13 +306,14 @@ async def test_relay_logs_each_recipient_attempt_without_secrets(
 
 
 def test_timestamps_cached_per_second_match_the_full_format() -> None:
-    from mxpress.observe.delivery_log import _iso, _Timestamps
+    from mxpress.observe.delivery_log import _Timestamps
+    from mxpress.rfc3339 import utc_millis
 
     stamps = _Timestamps()
     edges = [1_700_000_000.0, 1_700_000_000.001, 1_700_000_000.25, 1_700_000_000.998]
     edges += [1_700_000_001.5, 1_700_000_000.75, 0.0, 86_399.125, 1_700_000_002.9999997]
     for epoch in edges:
-        assert stamps.iso(epoch) == _iso(epoch), epoch
+        assert stamps.iso(epoch) == utc_millis(epoch), epoch
     for n in range(20_000):  # float edges around each millisecond
         epoch = 1_700_000_000 + n * 0.000731
-        assert stamps.iso(epoch) == _iso(epoch), epoch
+        assert stamps.iso(epoch) == utc_millis(epoch), epoch

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from mxpress.delivery.router import domain_of
 from mxpress.errors import MxpressError
+from mxpress.rfc3339 import utc_millis
 
 if TYPE_CHECKING:
     from mxpress.delivery.result import SendResult
@@ -83,12 +84,8 @@ def _clean(text: str) -> str:
     return _CONTROLS.sub(" ", text)[:_MAX_FIELD]
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
 class _Timestamps:
-    """`_iso` with the date and time part built once a second (every line has a ts)."""
+    """`utc_millis` with the date and time part built once a second (every line has a ts)."""
 
     def __init__(self) -> None:
         self._second = -1
@@ -308,7 +305,7 @@ class DeliveryLog:
                     "new_session": new_session,
                     "tls": tls,
                     "next_attempt": (
-                        _iso(outcome.next_attempt) if outcome.next_attempt is not None else None
+                        None if outcome.next_attempt is None else utc_millis(outcome.next_attempt)
                     ),
                 }
             )

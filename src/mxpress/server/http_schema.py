@@ -13,7 +13,6 @@ import re
 from base64 import b64decode
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from enum import StrEnum
@@ -32,6 +31,7 @@ from mxpress.queue.store import (
     RecipientState,
     RecipientStatus,
 )
+from mxpress.rfc3339 import utc_millis
 
 FIELDS = ("from", "to", "cc", "bcc", "subject", "text", "html", "headers", "attachments")
 MESSAGE_FIELDS = (*FIELDS, "raw")
@@ -380,11 +380,7 @@ def _enum(kind: type[E], name: str, value: str | None) -> E | None:
 
 
 def timestamp(epoch: float | None) -> str | None:
-    """RFC 3339 UTC with milliseconds, as JSON clients parse it."""
-    if epoch is None:
-        return None
-    when = datetime.fromtimestamp(epoch, UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if epoch is None else utc_millis(epoch)
 
 
 def recipient_json(status: RecipientStatus) -> dict[str, object]:
