@@ -83,6 +83,7 @@ class RetrySettings:
     max_backoff: float = 4000.0
     max_queue_lifetime: float = 2 * 86400.0
     bounce_queue_lifetime: float = 86400.0
+    delay_warning_time: float = 0.0  # tell the sender once, this long after arrival; 0: never
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,10 @@ def _check(s: Settings) -> None:
     r = s.retry
     for key in ("first_retry", "max_backoff", "max_queue_lifetime", "bounce_queue_lifetime"):
         _positive(getattr(r, key), f"retry.{key}")
+    if r.delay_warning_time < 0:
+        raise ConfigError(
+            f"retry.delay_warning_time: 0 (never) or more seconds, got {r.delay_warning_time!r}"
+        )
     _positive(s.submission.max_message_size, "submission.max_message_size")
     o = s.observe
     if o.delivery_log_max_bytes < 4096:

@@ -301,6 +301,7 @@ def build_relay(settings: Settings, worker: int = 0) -> Relay:
         max_backoff=r.max_backoff,
         max_queue_lifetime=r.max_queue_lifetime,
         bounce_queue_lifetime=r.bounce_queue_lifetime,
+        delay_warning=r.delay_warning_time,
     )
     store = SQLiteQueue(shard_path(data, worker), retry=policy)
     view = ShardedQueue(data, own=store) if workers > 1 and worker == 0 else None

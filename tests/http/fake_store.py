@@ -39,6 +39,7 @@ class FakeStore:
         self.enqueued: list[NewMessage] = []  # every successful enqueue, in order
         self.calls: list[str] = []  # method names, in order
         self.fail_with: Exception | None = None  # raised by every call while set
+        self.warned: set[str] = set()  # ids whose delay warning was claimed
         self._ids = itertools.count(1)
 
     def _call(self, name: str) -> None:
@@ -176,6 +177,13 @@ class FakeStore:
     async def delete(self, message_id: str) -> bool:
         self._call("delete")
         return self.messages.pop(message_id, None) is not None
+
+    async def claim_delay_warning(self, message_id: str) -> bool:
+        self._call("claim_delay_warning")
+        if message_id not in self.messages or message_id in self.warned:
+            return False
+        self.warned.add(message_id)
+        return True
 
     # Test helpers.
     def set_recipient(self, message_id: str, index: int, **changes: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -275,6 +276,22 @@ async def test_delete(store: SQLiteQueue, clock: FakeClock) -> None:
     await store.release(lease)  # harmless
     counts = await store.counts()
     assert sum(counts.messages.values()) == sum(counts.recipients.values()) == 0
+
+
+async def test_a_delay_warning_is_claimed_once_per_active_message(
+    store: SQLiteQueue, clock: FakeClock
+) -> None:
+    waiting, finished = await store.enqueue(msg("a@x.test")), await store.enqueue(msg("b@x.test"))
+    [_, lease] = await store.lease_due(clock.now, 10, 60)
+    await store.record(lease, [AttemptOutcome("b@x.test", DELIVERED)])
+    assert await store.claim_delay_warning(waiting) is True
+    assert await store.claim_delay_warning(waiting) is False  # told already
+    assert await store.claim_delay_warning(finished) is False  # done: nothing to warn of
+    assert await store.claim_delay_warning("ffffffffffffffffffff") is False  # unknown
+    # Forgotten with the message: nothing is left behind in the file.
+    assert await store.delete(waiting) is True
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT count(*) FROM delay_warnings").fetchone() == (0,)
 
 
 async def test_list_filters_and_pagination(store: SQLiteQueue, clock: FakeClock) -> None:

@@ -49,6 +49,14 @@ def test_lifetimes() -> None:
     assert RetryPolicy(max_queue_lifetime=0).expired(5, 5, is_bounce=False)
 
 
+def test_delay_warning_is_off_by_default_and_never_for_a_bounce() -> None:
+    assert not RetryPolicy().warns(0, 10 * 86400, is_bounce=False)
+    policy = RetryPolicy(delay_warning=4 * 3600)
+    assert not policy.warns(0, 4 * 3600 - 1, is_bounce=False)
+    assert policy.warns(0, 4 * 3600, is_bounce=False)
+    assert not policy.warns(0, 4 * 3600, is_bounce=True)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -61,6 +69,7 @@ def test_lifetimes() -> None:
         ({"max_queue_lifetime": -1}, "max_queue_lifetime"),
         ({"bounce_queue_lifetime": float("inf")}, "bounce_queue_lifetime"),
         ({"max_backoff": True}, "max_backoff"),
+        ({"delay_warning": -1}, "delay_warning"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs: dict[str, object], field: str) -> None:

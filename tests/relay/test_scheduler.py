@@ -127,6 +127,40 @@ async def test_transient_then_delivered(
     assert not seen.dsns()
 
 
+async def test_a_long_delay_warns_the_sender_once(
+    store: SQLiteQueue, sink_server: AiosmtpdServer, sink_handler: RecordingHandler
+) -> None:
+    sink_handler.rcpt_replies = {"busy@example.test": "452 4.2.2 mailbox full"}
+    warn = RetryPolicy(first_retry=0.05, max_backoff=0.1, jitter=0.0, delay_warning=0.3)
+    seen = Seen()
+    async with Mailer(f"smtp+plain://{sink_server.host}:{sink_server.port}", timeout=10) as m:
+        s = scheduler(store, m, seen, warn)
+        s.start()
+        message_id = await store.enqueue(NewMessage("sender@x.test", ["busy@example.test"], MSG))
+        await run_until(store, lambda: seen.dsns())
+        tries = s.stats.deferred
+        await run_until(store, lambda: s.stats.deferred >= tries + 3)  # still deferred...
+        sink_handler.rcpt_replies = {}
+        await run_until(store, lambda: is_done(store, message_id))
+        await run_until(store, lambda: len(sink_handler.messages) >= 2)  # the warning too
+        await s.stop()
+    # ... and still one warning, to the sender, from <>, while the message went on.
+    [dsn] = seen.dsns()
+    assert s.stats.delay_warnings == 1 and s.stats.dsn_sent == 1
+    assert dsn.sender == "" and [r.recipient for r in dsn.recipients] == ["sender@x.test"]
+    report = email.message_from_bytes(dsn.data or b"", policy=policy.default)
+    assert report["Subject"].startswith("Delivery delayed")
+    status = next(
+        p for p in report.iter_parts() if p.get_content_type() == "message/delivery-status"
+    )
+    block = status.get_payload()[1]
+    assert block["Final-Recipient"] == "rfc822; busy@example.test"
+    assert (block["Action"], block["Status"]) == ("delayed", "4.2.2")
+    assert "452" in block["Diagnostic-Code"] and block["Will-Retry-Until"]
+    stored = await store.get(message_id)
+    assert stored is not None and stored.recipients[0].state is RecipientState.DELIVERED
+
+
 async def test_permanent_failure_bounces_to_sender(
     store: SQLiteQueue, postfix: PostfixServer
 ) -> None:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from mxpress.delivery.result import Outcome, RecipientResult, SendResult
-from mxpress.delivery.verdicts import attempt_outcomes, bounced_recipients, expiry_outcomes
+from mxpress.delivery.verdicts import (
+    attempt_outcomes,
+    bounced_recipients,
+    delayed_recipients,
+    expiry_outcomes,
+)
 from mxpress.protocol.replies import Reply
 from mxpress.queue.retry import RetryPolicy
 from mxpress.queue.store import MessageState, QueuedMessage, RecipientState, RecipientStatus
@@ -78,3 +83,19 @@ def test_expiry_bounces_every_recipient_left() -> None:
     got = expiry_outcomes(message())
     assert {o.state for o in got} == {RecipientState.BOUNCED}
     assert got[2].reply == "expired in queue after 1 attempts: "
+
+
+def test_a_delay_warning_reports_the_deferred_recipients_once_old_enough() -> None:
+    warn = RetryPolicy(first_retry=60, max_backoff=600, max_queue_lifetime=3600, delay_warning=600)
+    now = T0 + 600
+    outcomes = attempt_outcomes(message(), result(), warn, now)
+    delayed = delayed_recipients(message(), outcomes, result(), warn, now)
+    assert [(d.recipient, d.action, d.status) for d in delayed] == [
+        ("later@a.test", "delayed", "4.3.0"),  # the server's enhanced code
+        ("skipped@a.test", "delayed", "4.0.0"),  # not attempted: no reply, a 4xx class
+    ]
+    assert all(d.will_retry_until == T0 + 3600 and d.last_attempt == now for d in delayed)
+    assert delayed[0].diagnostic == "451 4.3.0 try later" and delayed[0].remote_mta == "mx:25"
+    # Younger than delay_warning, or the policy does not warn at all: nothing.
+    assert not delayed_recipients(message(), outcomes, result(), warn, now - 1)
+    assert not delayed_recipients(message(), outcomes, result(), POLICY, now)

@@ -41,3 +41,18 @@ async def test_a_queue_file_no_worker_would_deliver_from_is_refused(tmp_path: Pa
     relay = build_relay(settings_for(tmp_path, 2), 0)  # type: ignore[arg-type]
     await relay.start()
     await relay.stop()
+
+
+def test_delay_warning_time_reaches_the_scheduler(tmp_path: Path) -> None:
+    env = {
+        "MXPRESS__SERVER__DATA_DIR": str(tmp_path),
+        "MXPRESS__HTTP__ENABLED": "false",
+        "MXPRESS__SUBMISSION__LISTEN": "127.0.0.1:0",
+        "MXPRESS__DELIVERY__RELAY": "smtp+plain://127.0.0.1:9",
+    }
+    assert load_settings(environ=env).retry.delay_warning_time == 0  # off by default
+    settings = load_settings(environ={**env, "MXPRESS__RETRY__DELAY_WARNING_TIME": "14400"})
+    relay = build_relay(settings)
+    assert relay.scheduler._policy.delay_warning == 14400
+    with pytest.raises(ConfigError, match=r"retry\.delay_warning_time: 0 \(never\) or more"):
+        load_settings(environ={**env, "MXPRESS__RETRY__DELAY_WARNING_TIME": "-1"})

@@ -1,4 +1,5 @@
-"""Delivery status notifications (RFC 3464) for recipients that failed for good.
+"""Delivery status notifications (RFC 3464) for recipients that failed for good, and
+delay warnings (Action: delayed) for those still being tried.
 
 A bounce goes to the original envelope sender from the null sender `<>`, so it can never
 bounce back; it is never made for a message from `<>` nor for a bounce (RFC 5321 §6.1).
@@ -25,6 +26,7 @@ class FailedRecipient:
     remote_mta: str = ""  # the server that answered, when one did
     action: str = "failed"  # or "delayed" for a warning
     last_attempt: float | None = None  # epoch seconds
+    will_retry_until: float | None = None  # epoch seconds; for "delayed"
 
 
 def should_bounce(sender: str, is_bounce: bool) -> bool:
@@ -87,6 +89,8 @@ def build_dsn(
             block["Diagnostic-Code"] = f"smtp; {_one_line(f.diagnostic)}"
         if f.last_attempt is not None:
             block["Last-Attempt-Date"] = _date(f.last_attempt)
+        if f.will_retry_until is not None:
+            block["Will-Retry-Until"] = _date(f.will_retry_until)
         blocks.append(block)
     status.set_payload(blocks)  # type: ignore[arg-type]
     report.attach(status)

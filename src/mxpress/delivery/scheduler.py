@@ -33,7 +33,12 @@ from mxpress.delivery.bounce import FailedRecipient, build_dsn, should_bounce
 from mxpress.delivery.pace import DomainPace
 from mxpress.delivery.result import SendResult
 from mxpress.delivery.router import domain_of
-from mxpress.delivery.verdicts import attempt_outcomes, bounced_recipients, expiry_outcomes
+from mxpress.delivery.verdicts import (
+    attempt_outcomes,
+    bounced_recipients,
+    delayed_recipients,
+    expiry_outcomes,
+)
 from mxpress.errors import MxpressError, QueueError
 from mxpress.mailer import Mailer
 from mxpress.protocol.client import Outgoing
@@ -61,7 +66,8 @@ class SchedulerStats:
     delivered: int = 0
     deferred: int = 0
     bounced: int = 0
-    dsn_sent: int = 0
+    dsn_sent: int = 0  # bounces and delay warnings
+    delay_warnings: int = 0
     parked: int = 0  # messages put back because their domain and its ready queue were full
     readied: int = 0  # messages that waited in a domain's ready queue for a free slot
     returned: int = 0  # ... and were given back unstarted, their lease half run out
@@ -354,6 +360,8 @@ class Scheduler:
             for lease, result in zip(leases, results, strict=True):
                 outcomes = self._outcomes(lease.message, result)
                 await self._bounce_if_needed(lease.message, outcomes, result)
+                if self._policy.delay_warning:  # off by default: no coroutine per message
+                    await self._warn_if_delayed(lease.message, outcomes, result)
                 attempts.append((lease, outcomes))
             stored = await self._store.record_many(attempts)
         except asyncio.CancelledError:
@@ -412,6 +420,16 @@ class Scheduler:
         failed = bounced_recipients(outcomes, result, self._clock())
         if failed:
             await self._send_dsn(message, failed)
+
+    async def _warn_if_delayed(
+        self, message: QueuedMessage, outcomes: Sequence[AttemptOutcome], result: SendResult
+    ) -> None:
+        if not should_bounce(message.sender, message.is_bounce):
+            return
+        delayed = delayed_recipients(message, outcomes, result, self._policy, self._clock())
+        if delayed and await self._store.claim_delay_warning(message.id):
+            await self._send_dsn(message, delayed)
+            self.stats.delay_warnings += 1
 
     async def _send_dsn(self, message: QueuedMessage, failed: Sequence[FailedRecipient]) -> None:
         assert message.data is not None

@@ -5,6 +5,8 @@ it, and what a bounce tells the sender about each failed recipient.
   over; otherwise deferred, with the retry policy's next time.
 - A bounced recipient's DSN status comes from the reply's enhanced code; one still
   failing transiently when its lifetime ran out reports 4.4.7.
+- Past the policy's `delay_warning`, the deferred recipients are reported once in a
+  delay warning (Action: delayed, Will-Retry-Until: the end of the lifetime).
 """
 
 from __future__ import annotations
@@ -55,15 +57,49 @@ def bounced_recipients(
         if o.state is not RecipientState.BOUNCED:
             continue
         r = result.recipients.get(o.recipient)
-        reply = r.reply if r is not None else None
         expired = r is None or r.outcome is not Outcome.BOUNCED
-        status = status_for(
-            reply.code if reply else None, reply.enhanced if reply else None, expired=expired
-        )
+        status = _dsn_status(r, expired=expired)
         if expired and status.startswith("4"):
             status = "4.4.7"  # still failing when the lifetime ran out
         failed.append(FailedRecipient(o.recipient, status, o.reply, o.host, last_attempt=now))
     return failed
+
+
+def delayed_recipients(
+    message: QueuedMessage,
+    outcomes: Sequence[AttemptOutcome],
+    result: SendResult,
+    policy: RetryPolicy,
+    now: float,
+) -> list[FailedRecipient]:
+    """The deferred recipients of an attempt, as a delay warning reports them; none
+    while the message is younger than the policy's `delay_warning` (or it is 0)."""
+    if not policy.warns(message.created_at, now, message.is_bounce):
+        return []
+    until = message.created_at + policy.lifetime(message.is_bounce)
+    delayed = []
+    for o in outcomes:
+        if o.state is not RecipientState.DEFERRED:
+            continue
+        delayed.append(
+            FailedRecipient(
+                o.recipient,
+                _dsn_status(result.recipients.get(o.recipient), expired=False),
+                o.reply,
+                o.host,
+                action="delayed",
+                last_attempt=now,
+                will_retry_until=until,
+            )
+        )
+    return delayed
+
+
+def _dsn_status(r: RecipientResult | None, *, expired: bool) -> str:
+    reply = r.reply if r is not None else None
+    return status_for(
+        reply.code if reply else None, reply.enhanced if reply else None, expired=expired
+    )
 
 
 def expiry_outcomes(message: QueuedMessage) -> list[AttemptOutcome]:

@@ -319,7 +319,14 @@ def _dns_metrics(stats: DNSStats) -> Iterable[Metric]:
 def _scheduler_metrics(stats: SchedulerStats) -> Iterable[Metric]:
     yield _counter("mxpress_delivery_attempts", "Delivery attempts recorded", stats.attempts)
     yield _counter(
-        "mxpress_dsn_sent", "Delivery status notifications (bounces) queued", stats.dsn_sent
+        "mxpress_dsn_sent",
+        "Delivery status notifications (bounces and delay warnings) queued",
+        stats.dsn_sent,
+    )
+    yield _counter(
+        "mxpress_delay_warnings",
+        "Delay warnings queued (retry.delay_warning_time; once per message)",
+        stats.delay_warnings,
     )
     yield _counter(
         "mxpress_recipients_expired",

@@ -2,8 +2,9 @@
 
 Defaults follow Postfix (minimal_backoff_time 300 s, maximal_backoff_time 4000 s,
 maximal_queue_lifetime 5d shortened to 2d as in the original study,
-bounce_queue_lifetime 1d). The delay doubles per attempt and is jittered so that
-recipients deferred together (one site down) do not all come back in the same second.
+bounce_queue_lifetime 1d, delay_warning_time off). The delay doubles per attempt and is
+jittered so that recipients deferred together (one site down) do not all come back in the
+same second.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class RetryPolicy:
     __slots__ = (
         "_rng",
         "bounce_queue_lifetime",
+        "delay_warning",
         "factor",
         "first_retry",
         "jitter",
@@ -39,6 +41,7 @@ class RetryPolicy:
         jitter: float = 0.1,
         max_queue_lifetime: float = 2 * 86400.0,
         bounce_queue_lifetime: float = 86400.0,
+        delay_warning: float = 0.0,
         rng: random.Random | None = None,
     ) -> None:
         for name, value in (
@@ -48,6 +51,7 @@ class RetryPolicy:
             ("jitter", jitter),
             ("max_queue_lifetime", max_queue_lifetime),
             ("bounce_queue_lifetime", bounce_queue_lifetime),
+            ("delay_warning", delay_warning),
         ):
             _number(name, value)
         _check("first_retry", first_retry, first_retry > 0, "must be > 0 seconds")
@@ -71,12 +75,19 @@ class RetryPolicy:
             bounce_queue_lifetime >= 0,
             "must be >= 0 seconds",
         )
+        _check(
+            "delay_warning",
+            delay_warning,
+            delay_warning >= 0,
+            "must be >= 0 seconds (0 = never warn)",
+        )
         self.first_retry = float(first_retry)
         self.max_backoff = float(max_backoff)
         self.factor = float(factor)
         self.jitter = float(jitter)
         self.max_queue_lifetime = float(max_queue_lifetime)
         self.bounce_queue_lifetime = float(bounce_queue_lifetime)
+        self.delay_warning = float(delay_warning)
         self._rng = rng if rng is not None else random.Random()
 
     def base_delay(self, attempts: int) -> float:
@@ -103,12 +114,18 @@ class RetryPolicy:
         """True when a message has been queued for its whole lifetime: bounce it."""
         return now - created_at >= self.lifetime(is_bounce)
 
+    def warns(self, created_at: float, now: float, is_bounce: bool) -> bool:
+        """True when a message still undelivered is old enough for a delay warning
+        (Postfix's delay_warning_time; never for a bounce, never when 0)."""
+        return self.delay_warning > 0 and not is_bounce and now - created_at >= self.delay_warning
+
     def __repr__(self) -> str:
         return (
             f"RetryPolicy(first_retry={self.first_retry:g}, max_backoff={self.max_backoff:g}, "
             f"factor={self.factor:g}, jitter={self.jitter:g}, "
             f"max_queue_lifetime={self.max_queue_lifetime:g}, "
-            f"bounce_queue_lifetime={self.bounce_queue_lifetime:g})"
+            f"bounce_queue_lifetime={self.bounce_queue_lifetime:g}, "
+            f"delay_warning={self.delay_warning:g})"
         )
 
 

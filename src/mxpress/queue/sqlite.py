@@ -225,6 +225,10 @@ class SQLiteQueue:
     async def delete(self, message_id: str) -> bool:
         return await self._writer.submit(lambda conn: ops.delete(conn, message_id))
 
+    async def claim_delay_warning(self, message_id: str) -> bool:
+        """True the first time for an active message: the caller warns its sender."""
+        return await self._writer.submit(lambda conn: ops.claim_delay_warning(conn, message_id))
+
     async def expired(
         self,
         now: float,

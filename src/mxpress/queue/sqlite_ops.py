@@ -413,10 +413,20 @@ def reclaim_leases(conn: sqlite3.Connection) -> int:
     return len(ids)
 
 
+def claim_delay_warning(conn: sqlite3.Connection, message_id: str) -> bool:
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO delay_warnings (message_id)"
+        " SELECT id FROM messages WHERE id = ? AND state = 'active'",
+        (message_id,),
+    )
+    return cursor.rowcount == 1
+
+
 def delete(conn: sqlite3.Connection, message_id: str) -> bool:
     cursor = conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
     conn.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
     conn.execute("DELETE FROM recipients WHERE message_id = ?", (message_id,))
+    conn.execute("DELETE FROM delay_warnings WHERE message_id = ?", (message_id,))
     return cursor.rowcount > 0
 
 
@@ -430,4 +440,5 @@ def purge(conn: sqlite3.Connection, before: float, limit: int) -> int:
     ]
     conn.executemany("DELETE FROM messages WHERE id = ?", ids)
     conn.executemany("DELETE FROM recipients WHERE message_id = ?", ids)
+    conn.executemany("DELETE FROM delay_warnings WHERE message_id = ?", ids)
     return len(ids)

@@ -74,6 +74,8 @@ ADDED = (
     VALUES (NEW.id, 0, NEW.address, NEW.domain, 'pending', NEW.created_at,
         NEW.created_at);
     END""",
+    # A message whose sender was told of its delay (retry.delay_warning): told once.
+    "CREATE TABLE IF NOT EXISTS delay_warnings (message_id TEXT PRIMARY KEY) WITHOUT ROWID",
 )
 
 

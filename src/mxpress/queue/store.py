@@ -157,6 +157,13 @@ class QueueStore(QueueAdmin, Protocol):
         the QueueError that `record` would have raised for it (nothing of it stored)."""
         ...
 
+    async def claim_delay_warning(self, message_id: str) -> bool:
+        """True the first time it is asked for an active message, False ever after (or
+        for a message unknown or done): the caller then tells the sender of the delay.
+        Claimed before the warning is sent, so a crash in between loses one warning
+        rather than sending two."""
+        ...
+
     async def release(self, lease: Lease, *, retry_at: float | None = None) -> None:
         """Give a lease back without an attempt (shutting down, or the destination is
         busy). With `retry_at`, its recipients are not due before then (attempts unchanged).
