@@ -129,3 +129,56 @@ def test_files_made_before_the_triggers_get_them(tmp_path: Path) -> None:
         assert bodies(conn) == 0
     finally:
         conn.close()
+
+
+def test_a_group_of_ended_attempts_is_three_statements_and_stores_what_record_would(
+    conn: sqlite3.Connection,
+) -> None:
+    ids, policy = IdGenerator(), RetryPolicy()
+    group = [fresh(conn, ids) for _ in range(5)]
+    single = fresh(conn, ids)
+    deferred = fresh(conn, ids)
+    later = ended(deferred)
+    later[1] = AttemptOutcome(RCPTS[1], RecipientState.DEFERRED, "451 later", "mx.test")
+    attempts = [(lease, ended(lease)) for lease in group] + [(deferred, later)]
+    seen = statements(conn)
+    got = ops.record_many(conn, attempts, T0 + 5, policy)
+    # The five ended ones: one read and two writes together; the deferred one: its own.
+    # (A trigger's statements show as their parent's text: count distinct texts.)
+    assert len({s for s in seen if "FROM (VALUES" in s}) == 3
+    rest = [s for s in seen if "FROM (VALUES" not in s]
+    assert rest[0].startswith("SELECT")  # the general path's read, for the deferred one
+    alone, _ = ops.record(conn, single, ended(single), T0 + 5, policy)
+    for lease, message in zip(group, got[:5], strict=True):
+        assert isinstance(message, QueuedMessage)
+        assert dataclasses.replace(stored(conn, lease.message.id), data=None) == message
+        assert dataclasses.replace(message, id="") == dataclasses.replace(alone, id="")
+    assert isinstance(got[5], QueuedMessage) and got[5].state is MessageState.ACTIVE
+    assert bodies(conn) == 1  # only the deferred message keeps its body
+
+
+def test_a_group_with_a_lease_taken_over_goes_one_by_one(conn: sqlite3.Connection) -> None:
+    ids, policy = IdGenerator(), RetryPolicy()
+    mine, lost = fresh(conn, ids), fresh(conn, ids)
+    conn.execute("UPDATE messages SET lease_token = 'other' WHERE id = ?", (lost.message.id,))
+    got = ops.record_many(conn, [(mine, ended(mine)), (lost, ended(lost))], T0 + 5, policy)
+    assert [m.state for m in got if isinstance(m, QueuedMessage)] == [
+        MessageState.DONE,
+        MessageState.DONE,  # the news is recorded (the general path) ...
+    ]
+    token = conn.execute("SELECT lease_token FROM messages WHERE id = ?", (lost.message.id,))
+    assert token.fetchone() == (None,)  # ... done, so no lease is left to stand
+
+
+def test_a_group_larger_than_one_statement_holds(conn: sqlite3.Connection) -> None:
+    ids, policy = IdGenerator(), RetryPolicy()
+    many = tuple(f"r{i}@example.com" for i in range(700))  # 1,400 rows: two statements
+    leases = [ops.enqueue_leased(conn, msg(*many), many, b"b", T0, ids, 60.0) for _ in range(2)]
+    attempts = [
+        (lease, [AttemptOutcome(r, RecipientState.DELIVERED, "250 ok", "mx") for r in many])
+        for lease in leases
+    ]
+    got = ops.record_many(conn, attempts, T0 + 5, policy)
+    assert all(isinstance(m, QueuedMessage) and m.state is MessageState.DONE for m in got)
+    states = conn.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall()
+    assert states == [("delivered", 1400)]

@@ -18,7 +18,6 @@ import contextlib
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -88,6 +87,9 @@ class GroupCommitWriter:
         self._commits = self._batches = self._count = self._failed = 0
         self._max_seen = self._skipped = 0
         self._last_size = 0  # requests in the last batch collected
+        # The window's wait: more requests wanted (0: not waiting), and "they are here".
+        self._want = 0
+        self._enough = threading.Event()
 
     @property
     def stats(self) -> QueueStats:
@@ -123,6 +125,7 @@ class GroupCommitWriter:
                 return
             self._closed = True
             self._requests.put(_STOP)
+        self._enough.set()  # no waiting out a window for company that will not come
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
 
@@ -135,6 +138,8 @@ class GroupCommitWriter:
             if self._closed:
                 raise QueueError("the queue is not open (call `await store.open()` first)")
             self._requests.put(_Request(op, loop, future, skip_if_cancelled))
+        if self._want and self._requests.qsize() >= self._want:
+            self._enough.set()  # the writer waits in its window for this many
         return await future
 
     # --- the thread ------------------------------------------------------------------
@@ -167,24 +172,25 @@ class GroupCommitWriter:
         With a window, and only while writers come in company (the last batch had
         several requests), wait up to the window for as many as the last batch had: many
         concurrent writers then share each fsync instead of a few each (a commit costs
-        far more CPU than a request), while a lone writer never waits for nobody."""
+        far more CPU than a request), while a lone writer never waits for nobody. The
+        wait is on an event that `submit` sets once enough have come, not on the queue:
+        a wake-up per arriving request would cost this thread a turn at the GIL each."""
         first = self._requests.get()
         if first is _STOP:
             return [], True
         batch: list[_Request[Any]] = [first]  # type: ignore[list-item]
         expected = self._last_size if self._window > 0 else 1
-        deadline = time.monotonic() + self._window if expected > 1 else 0.0
+        if expected > 1:
+            self._enough.clear()
+            self._want = expected - 1
+            if self._requests.qsize() < self._want:
+                self._enough.wait(self._window)
+            self._want = 0
         while len(batch) < self._max_batch:
             try:
                 item = self._requests.get_nowait()
             except queue.Empty:
-                left = deadline - time.monotonic()
-                if len(batch) >= expected or left <= 0:
-                    break
-                try:
-                    item = self._requests.get(timeout=left)
-                except queue.Empty:
-                    break
+                break
             if item is _STOP:
                 return batch, True
             batch.append(item)  # type: ignore[arg-type]

@@ -187,17 +187,7 @@ class SQLiteQueue:
         now = self._clock()
         items = [(lease, tuple(outcomes)) for lease, outcomes in attempts]
         retry = self._retry
-
-        def op(conn: sqlite3.Connection) -> builtins.list[QueuedMessage | QueueError]:
-            out: builtins.list[QueuedMessage | QueueError] = []
-            for lease, outcomes in items:
-                try:
-                    out.append(ops.record(conn, lease, outcomes, now, retry)[0])
-                except QueueError as exc:
-                    out.append(exc)
-            return out
-
-        return await self._writer.submit(op)
+        return await self._writer.submit(lambda conn: ops.record_many(conn, items, now, retry))
 
     async def release(self, lease: Lease, *, retry_at: float | None = None) -> None:
         await self._writer.submit(lambda conn: ops.release(conn, lease, retry_at))

@@ -1,7 +1,8 @@
 """The SQL of the queue's writes, as plain functions of a connection.
 
-They run in the writer thread inside the group transaction, each in its own savepoint,
-and never commit. See sqlite_schema.py for the meaning of `next_due` and the leases.
+They run in the writer thread inside the group transaction (in a savepoint of their
+own only when a batch is run again after a failure), and never commit. See
+sqlite_schema.py for the meaning of `next_due` and the leases.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from mxpress.queue.store import (
 
 _OPEN = ("pending", "deferred")  # recipients still to deliver
 _FINAL = (RecipientState.DELIVERED, RecipientState.BOUNCED)
+# VALUES rows per statement: 5 parameters each stays far below SQLite's 32,766.
+_ROWS_PER_STATEMENT = 1000
 
 
 def enqueue(
@@ -270,6 +273,94 @@ def record(
     ), ours
 
 
+def record_many(
+    conn: sqlite3.Connection,
+    attempts: Sequence[tuple[Lease, Sequence[AttemptOutcome]]],
+    now: float,
+    retry: RetryPolicy,
+) -> list[QueuedMessage | QueueError]:
+    """`record` for each attempt; a QueueError is that attempt's answer alone.
+
+    The attempts that `_record_final` would take are written together, in three
+    statements for the whole group rather than two each: every statement costs the
+    writer thread a wait for the GIL while the event loop is busy."""
+    final = [(lease, outcomes) for lease, outcomes in attempts if _ends_all(lease, outcomes)]
+    grouped = 1 < len(final) <= _ROWS_PER_STATEMENT
+    done = _record_final_group(conn, final, now) if grouped else {}
+    out: list[QueuedMessage | QueueError] = []
+    for lease, outcomes in attempts:
+        message = done.get(lease.message.id)
+        if message is not None:
+            out.append(message)
+            continue
+        try:
+            out.append(record(conn, lease, outcomes, now, retry)[0])
+        except QueueError as exc:
+            out.append(exc)
+    return out
+
+
+def _ends_all(lease: Lease, outcomes: Sequence[AttemptOutcome]) -> bool:
+    """A lease holding every open recipient, whose attempt delivered or bounced each."""
+    return (
+        lease.whole
+        and [o.recipient for o in outcomes] == [r.recipient for r in lease.message.recipients]
+        and all(o.state in _FINAL for o in outcomes)
+    )
+
+
+def _record_final_group(
+    conn: sqlite3.Connection,
+    attempts: Sequence[tuple[Lease, Sequence[AttemptOutcome]]],
+    now: float,
+) -> dict[str, QueuedMessage]:
+    """`_record_final` for several attempts at once, if every lease is still ours; else
+    nothing is written and {} returned (each then goes its own way)."""
+    pairs = ", ".join(["(?, ?)"] * len(attempts))
+    keys = [x for lease, _ in attempts for x in (lease.message.id, lease.token)]
+    # FROM (VALUES ...) rather than `(id, token) IN (VALUES ...)`: the latter scans.
+    (ours,) = conn.execute(
+        f"SELECT count(*) FROM (VALUES {pairs}) AS v"
+        " JOIN messages m ON m.id = v.column1 AND m.lease_token = v.column2",
+        keys,
+    ).fetchone()
+    if ours != len(attempts):
+        return {}
+    conn.execute(
+        "UPDATE messages SET state = 'done', next_due = NULL, lease_token = NULL,"
+        f" lease_expires = NULL FROM (VALUES {pairs}) AS v"
+        " WHERE messages.id = v.column1 AND messages.lease_token = v.column2",
+        keys,
+    )
+    rows = [
+        (lease.message.id, o.recipient, str(o.state), o.reply, o.host)
+        for lease, outcomes in attempts
+        for o in outcomes
+    ]
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        conn.execute(
+            "UPDATE recipients SET state = v.column3, attempts = attempts + 1,"
+            " next_attempt = NULL, last_reply = v.column4, last_host = v.column5,"
+            f" updated_at = ? FROM (VALUES {', '.join(['(?, ?, ?, ?, ?)'] * len(chunk))}) AS v"
+            " WHERE recipients.message_id = v.column1 AND recipients.address = v.column2"
+            " AND recipients.state IN ('pending', 'deferred')",
+            [now, *(x for row in chunk for x in row)],
+        )
+    return {lease.message.id: _final(lease.message, outcomes, now) for lease, outcomes in attempts}
+
+
+def _final(message: QueuedMessage, outcomes: Sequence[AttemptOutcome], now: float) -> QueuedMessage:
+    """The message as `_record_final` leaves it."""
+    statuses = tuple(
+        RecipientStatus(
+            o.recipient, RecipientState(o.state), r.attempts + 1, None, o.reply, o.host, now
+        )
+        for o, r in zip(outcomes, message.recipients, strict=True)
+    )
+    return dataclasses.replace(message, state=MessageState.DONE, recipients=statuses, data=None)
+
+
 def _record_final(
     conn: sqlite3.Connection, lease: Lease, outcomes: Sequence[AttemptOutcome], now: float
 ) -> QueuedMessage | None:
@@ -277,9 +368,7 @@ def _record_final(
     ours, and whose attempt delivered or bounced them all. None: not that case, and
     nothing was written."""
     message = lease.message
-    if [o.recipient for o in outcomes] != [r.recipient for r in message.recipients] or any(
-        o.state not in _FINAL for o in outcomes
-    ):
+    if not _ends_all(lease, outcomes):
         return None
     # The lease's token proves no one else touched the message (the body goes with the
     # schema's trigger).
@@ -296,13 +385,7 @@ def _record_final(
         " AND state IN ('pending', 'deferred')",
         [(str(o.state), o.reply, o.host, now, message.id, o.recipient) for o in outcomes],
     )
-    statuses = tuple(
-        RecipientStatus(
-            o.recipient, RecipientState(o.state), r.attempts + 1, None, o.reply, o.host, now
-        )
-        for o, r in zip(outcomes, message.recipients, strict=True)
-    )
-    return dataclasses.replace(message, state=MessageState.DONE, recipients=statuses, data=None)
+    return _final(message, outcomes, now)
 
 
 def _outcome_state(outcome: AttemptOutcome) -> RecipientState:
