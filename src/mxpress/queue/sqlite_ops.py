@@ -216,8 +216,8 @@ def record(
     statement costs the writer thread a GIL hand-off, so the new message state is
     derived here from the row just read instead of being read back; and the common
     case, fresh mail whose every recipient is done after one attempt, is two writes."""
-    if lease.whole and (done := _record_final(conn, lease, outcomes, now)) is not None:
-        return done, True
+    if _ends_all(lease, outcomes) and (done := _record_final(conn, [(lease, outcomes)], now)):
+        return done[lease.message.id], True
     message_id = lease.message.id
     rows = conn.execute(
         "SELECT m.lease_token, m.state, r.idx, r.address, r.state, r.attempts,"
@@ -281,12 +281,12 @@ def record_many(
 ) -> list[QueuedMessage | QueueError]:
     """`record` for each attempt; a QueueError is that attempt's answer alone.
 
-    The attempts that `_record_final` would take are written together, in three
+    The attempts that `_record_final` can take are written together, in three
     statements for the whole group rather than two each: every statement costs the
     writer thread a wait for the GIL while the event loop is busy."""
     final = [(lease, outcomes) for lease, outcomes in attempts if _ends_all(lease, outcomes)]
     grouped = 1 < len(final) <= _ROWS_PER_STATEMENT
-    done = _record_final_group(conn, final, now) if grouped else {}
+    done = _record_final(conn, final, now) if grouped else {}
     out: list[QueuedMessage | QueueError] = []
     for lease, outcomes in attempts:
         message = done.get(lease.message.id)
@@ -309,29 +309,34 @@ def _ends_all(lease: Lease, outcomes: Sequence[AttemptOutcome]) -> bool:
     )
 
 
-def _record_final_group(
+def _record_final(
     conn: sqlite3.Connection,
     attempts: Sequence[tuple[Lease, Sequence[AttemptOutcome]]],
     now: float,
 ) -> dict[str, QueuedMessage]:
-    """`_record_final` for several attempts at once, if every lease is still ours; else
-    nothing is written and {} returned (each then goes its own way)."""
+    """`record` without reading, for attempts that `_ends_all`, if every lease is still
+    ours (its token proves no one else touched the message; the body goes with the
+    schema's trigger). Else nothing is written and {} returned: each goes its own way.
+    One attempt is two writes; several, one read (are all still ours?) and two writes."""
     pairs = ", ".join(["(?, ?)"] * len(attempts))
     keys = [x for lease, _ in attempts for x in (lease.message.id, lease.token)]
     # FROM (VALUES ...) rather than `(id, token) IN (VALUES ...)`: the latter scans.
-    (ours,) = conn.execute(
-        f"SELECT count(*) FROM (VALUES {pairs}) AS v"
-        " JOIN messages m ON m.id = v.column1 AND m.lease_token = v.column2",
-        keys,
-    ).fetchone()
-    if ours != len(attempts):
-        return {}
-    conn.execute(
+    if len(attempts) > 1:
+        (ours,) = conn.execute(
+            f"SELECT count(*) FROM (VALUES {pairs}) AS v"
+            " JOIN messages m ON m.id = v.column1 AND m.lease_token = v.column2",
+            keys,
+        ).fetchone()
+        if ours != len(attempts):
+            return {}
+    marked = conn.execute(
         "UPDATE messages SET state = 'done', next_due = NULL, lease_token = NULL,"
         f" lease_expires = NULL FROM (VALUES {pairs}) AS v"
         " WHERE messages.id = v.column1 AND messages.lease_token = v.column2",
         keys,
-    )
+    ).rowcount
+    if not marked:  # one attempt, and its lease is someone else's now
+        return {}
     rows = [
         (lease.message.id, o.recipient, str(o.state), o.reply, o.host)
         for lease, outcomes in attempts
@@ -339,6 +344,7 @@ def _record_final_group(
     ]
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        # `state IN` keeps a final state final, as in `record`.
         conn.execute(
             "UPDATE recipients SET state = v.column3, attempts = attempts + 1,"
             " next_attempt = NULL, last_reply = v.column4, last_host = v.column5,"
@@ -359,33 +365,6 @@ def _final(message: QueuedMessage, outcomes: Sequence[AttemptOutcome], now: floa
         for o, r in zip(outcomes, message.recipients, strict=True)
     )
     return dataclasses.replace(message, state=MessageState.DONE, recipients=statuses, data=None)
-
-
-def _record_final(
-    conn: sqlite3.Connection, lease: Lease, outcomes: Sequence[AttemptOutcome], now: float
-) -> QueuedMessage | None:
-    """`record` without the read, for a lease that holds every open recipient, is still
-    ours, and whose attempt delivered or bounced them all. None: not that case, and
-    nothing was written."""
-    message = lease.message
-    if not _ends_all(lease, outcomes):
-        return None
-    # The lease's token proves no one else touched the message (the body goes with the
-    # schema's trigger).
-    if not conn.execute(
-        "UPDATE messages SET state = 'done', next_due = NULL, lease_token = NULL,"
-        " lease_expires = NULL WHERE id = ? AND lease_token = ?",
-        (message.id, lease.token),
-    ).rowcount:
-        return None
-    # `state IN` keeps a final state final, as in `record`.
-    conn.executemany(
-        "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt = NULL,"
-        " last_reply = ?, last_host = ?, updated_at = ? WHERE message_id = ? AND address = ?"
-        " AND state IN ('pending', 'deferred')",
-        [(str(o.state), o.reply, o.host, now, message.id, o.recipient) for o in outcomes],
-    )
-    return _final(message, outcomes, now)
 
 
 def _outcome_state(outcome: AttemptOutcome) -> RecipientState:
