@@ -1,6 +1,7 @@
 # The two commands: `make run` (the relay, with a local sink) and `make test`.
 # `make demo` sends real mail through a local server with the library.
-PYTHON ?= python3
+# The interpreter .venv is made with: scripts/pick-python prefers the system's optimized build.
+PYTHON ?= $(shell sh scripts/pick-python)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp

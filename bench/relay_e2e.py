@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import signal
 import socket
@@ -246,6 +247,9 @@ def main() -> None:
         f"\nsmtp-source ({load.sessions} sessions, {load.size} B, {connections}) → relay → "
         "smtp-sink, fsync before 250 on both"
     )
+    # The interpreter matters: a PGO/LTO build runs the relay with ~10% less CPU here.
+    python = f"Python {platform.python_version()} ({os.path.realpath(sys.executable)})"
+    print(f"mxpress: {load.workers} worker(s), {python}")
     print(
         "| relay | messages | submitted msgs/s | end-to-end msgs/s | 250→delivered p50 ms "
         "| p99 ms | machine CPU µs/msg |"
