@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mxpress.delivery.result import Outcome, RecipientResult, SendResult
 from mxpress.observe import delivery_log
@@ -37,9 +39,9 @@ from tests.observe.relay_lab import (
     write_config,
 )
 
-KEYS = {
+# The keys in the order every line has them (the order the lines are written in).
+KEY_ORDER = [
     "ts",
-    "dns_cache",
     "queue_id",
     "message_id",
     "sender",
@@ -51,10 +53,12 @@ KEYS = {
     "ip",
     "mx",
     "timings",
+    "dns_cache",
     "new_session",
     "tls",
     "next_attempt",
-}
+]
+KEYS = set(KEY_ORDER)
 BODY_MARKER = "BODY-MARKER-c0ffee-never-logged"
 SUBMIT_USER, SUBMIT_PASSWORD = "app", "submit-pass-Q7w8e9"
 RELAY_USER, RELAY_PASSWORD = "relayuser", "relay-pass-Z1x2c3"
@@ -149,6 +153,56 @@ def test_records_per_recipient() -> None:
     assert delivered["tls"] == "reused" and delivered["new_session"] is False
     assert deferred["next_attempt"] == "2023-11-14T22:18:20.000Z"
     assert "hunter2" not in deferred["reply"] and "smtp://***@relay.test" in deferred["reply"]
+
+
+ODD_TEXT = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",))  # surrogates: not UTF-8
+    | st.sampled_from('"\\/\x00\x1f\x7f\u2028\u2029\ufeffé中😀://@ \t\r\n'),
+    max_size=40,
+)
+
+
+def attempt_with(sender: str, rcpt: str, reply: str, message_id: str) -> tuple[Any, Any, Any]:
+    data = f"Message-ID: {message_id}\r\n\r\nbody".encode()
+    message = QueuedMessage(
+        "q\"1\\", sender, MessageState.ACTIVE, 0.0, len(data), False, "test",
+        (RecipientStatus(rcpt, RecipientState.PENDING, attempts=4),), data,
+    )  # fmt: skip
+    result = SendResult(
+        sender,
+        {rcpt: RecipientResult(rcpt, Outcome.DEFERRED, None, "h:25", "", "::1", None)},
+        timings={"dns": 0.1, 'q"x': 1e-9, "total": 12.5},
+        new_sessions=1,
+        tls_resumed=1,
+        dns={"x.test": "hit"},
+    )
+    outcomes = [AttemptOutcome(rcpt, RecipientState.DEFERRED, reply, "", next_attempt=5.0)]
+    return message, result, outcomes
+
+
+@settings(max_examples=300, deadline=None)
+@given(sender=ODD_TEXT, local=ODD_TEXT, reply=ODD_TEXT, message_id=ODD_TEXT)
+def test_lines_are_the_json_of_their_records_whatever_the_text(
+    sender: str, local: str, reply: str, message_id: str
+) -> None:
+    log = DeliveryLog("/nonexistent/never-opened", clock=lambda: 1_700_000_000.5)
+    rcpt = f"{local}@x.test"
+    (line,) = log.lines_for(*attempt_with(sender, rcpt, reply, message_id))
+    record = json.loads(line)
+    # Exactly what json.dumps would write for the record: same keys, order, escapes.
+    assert line == json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    assert list(record) == KEY_ORDER
+    assert (record["sender"], record["recipient"], record["queue_id"]) == (sender, rcpt, 'q"1\\')
+    assert record["attempt"] == 5 and record["outcome"] == "deferred"
+    assert record["reply"] == delivery_log._USERINFO.sub(
+        r"\1***@", delivery_log._CONTROLS.sub(" ", reply)[:1000]
+    )
+    assert record["timings"] == {"dns": 100.0, 'q"x': 0.0, "total": 12500.0}
+    assert (record["host"], record["ip"], record["mx"]) == ("h:25", "::1", None)
+    assert record["dns_cache"] == "hit" and record["new_session"] is True
+    assert record["tls"] == "resumed"
+    assert record["next_attempt"] == "1970-01-01T00:00:05.000Z"
+    assert record["message_id"] == message_id_of(f"Message-ID: {message_id}\r\n\r\n".encode())
 
 
 def test_rotation_at_max_bytes(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -243,12 +244,12 @@ class DeliveryLog:
         if writer is None:
             return
         batch = self._batch
-        for record in self.records_for(message, result, outcomes):
+        for line in self.lines_for(message, result, outcomes):
             # Lines waiting for the thread, on the queue or in the batch.
             if self._handed - writer.taken + len(batch) >= self._max_pending:
                 self.dropped += 1
                 continue
-            batch.append(self._encode(record))
+            batch.append(line)
             self.records += 1
         if len(batch) >= _HAND_OVER_LINES:
             self._hand_over()
@@ -278,38 +279,63 @@ class DeliveryLog:
         outcomes: Sequence[AttemptOutcome],
     ) -> list[dict[str, Any]]:
         """The log records of one attempt (one per recipient), as dicts."""
+        return [json.loads(line) for line in self.lines_for(message, result, outcomes)]
+
+    def lines_for(
+        self,
+        message: QueuedMessage,
+        result: SendResult,
+        outcomes: Sequence[AttemptOutcome],
+    ) -> list[str]:
+        """The log lines of one attempt (one per recipient), as JSON text.
+
+        Built from string pieces rather than a dict and an encoder: this runs on the event
+        loop for every recipient, and the pieces common to an attempt are made once."""
         ts = self._timestamps.iso(self._clock())
         message_id = message_id_of(message.data) if message.data is not None else None
         tried = {r.recipient: r.attempts for r in message.recipients}
-        timings = {phase: round(s * 1000, 3) for phase, s in result.timings.items()}
-        new_session = result.new_sessions > 0
-        tls = _tls(result)
+        timings = self._encode({phase: round(s * 1000, 3) for phase, s in result.timings.items()})
+        head = (
+            f'{{"ts":"{ts}","queue_id":{_string(message.id)},'
+            f'"message_id":{_nullable(message_id)},"sender":{_string(message.sender)},'
+        )
+        session = (
+            f'"new_session":{"true" if result.new_sessions > 0 else "false"},'
+            f'"tls":{_nullable(_tls(result))},'
+        )
         out = []
         for outcome in outcomes:
-            r = result.recipients.get(outcome.recipient)
+            rcpt = outcome.recipient
+            r = result.recipients.get(rcpt)
+            host = (r.host if r is not None else None) or outcome.host or None
+            next_attempt = outcome.next_attempt
             out.append(
-                {
-                    "ts": ts,
-                    "queue_id": message.id,
-                    "message_id": message_id,
-                    "sender": message.sender,
-                    "recipient": outcome.recipient,
-                    "attempt": tried.get(outcome.recipient, 0) + 1,
-                    "outcome": str(outcome.state),
-                    "reply": _USERINFO.sub(r"\1***@", _clean(outcome.reply)),
-                    "host": (r.host if r is not None else None) or outcome.host or None,
-                    "ip": r.ip if r is not None else None,
-                    "mx": r.mx if r is not None else None,
-                    "timings": timings,
-                    "dns_cache": _dns_cache(result, outcome.recipient),
-                    "new_session": new_session,
-                    "tls": tls,
-                    "next_attempt": (
-                        None if outcome.next_attempt is None else utc_millis(outcome.next_attempt)
-                    ),
-                }
+                f'{head}"recipient":{_string(rcpt)},"attempt":{tried.get(rcpt, 0) + 1},'
+                f'"outcome":{_string(str(outcome.state))},"reply":{_string(_reply(outcome.reply))},'
+                f'"host":{_nullable(host)},"ip":{_nullable(r.ip if r is not None else None)},'
+                f'"mx":{_nullable(r.mx if r is not None else None)},"timings":{timings},'
+                f'"dns_cache":{_nullable(_dns_cache(result, rcpt))},{session}'
+                f'"next_attempt":'
+                f"{'null' if next_attempt is None else _string(utc_millis(next_attempt))}}}"
             )
         return out
+
+
+# A JSON string literal, non-ASCII kept as is (the encoder's ensure_ascii=False).
+_string: Callable[[str], str] = encode_basestring
+
+
+def _nullable(text: str | None) -> str:
+    return "null" if text is None else _string(text)
+
+
+def _reply(text: str) -> str:
+    """A reply as logged: controls blanked, at most _MAX_FIELD characters, and any URL's
+    userinfo masked (the regular expressions run only when they can find something)."""
+    if not text.isprintable():  # every control character is unprintable
+        text = _CONTROLS.sub(" ", text)
+    text = text[:_MAX_FIELD]
+    return _USERINFO.sub(r"\1***@", text) if "://" in text else text
 
 
 def _dns_cache(result: SendResult, recipient: str) -> str | None:

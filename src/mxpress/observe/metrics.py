@@ -25,9 +25,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from mxpress.observe.loop_metrics import LoopCollector, LoopCounter, LoopHistogram
 
 if TYPE_CHECKING:
     from mxpress.delivery.result import SendResult
@@ -116,43 +118,46 @@ class RelayMetrics:
     def __init__(self, registry: CollectorRegistry, *, top_domains: int = 20) -> None:
         self.registry = registry
         self.domains = DomainLabels(top_domains)
-        self._phase = Histogram(
+        self._phase = LoopHistogram(
             "mxpress_delivery_phase_seconds",
             "Time spent per delivery phase (dns, pool, connect, tls, ..., total) per attempt, "
             "by recipient domain (the first top_domains seen, then 'other')",
             ["phase", "domain"],
-            buckets=PHASE_BUCKETS,
-            registry=registry,
+            PHASE_BUCKETS,
         )
-        self._accepted = Counter(
+        self._accepted = LoopCounter(
             "mxpress_messages_accepted",
             "Messages accepted (stored durably) by submission channel",
             ["via"],
-            registry=registry,
         )
-        self._recipients = Counter(
+        self._recipients = LoopCounter(
             "mxpress_recipients",
             "Recipient outcomes of delivery attempts, by outcome and recipient domain",
             ["outcome", "domain"],
-            registry=registry,
         )
-        self._tls = Counter(
+        self._tls = LoopCounter(
             "mxpress_tls_handshakes",
             "TLS handshakes of delivery sessions: full, or resumed (one round trip less)",
             ["kind"],
-            registry=registry,
         )
-        self._sessions = Counter(
+        self._sessions = LoopCounter(
             "mxpress_sessions",
             "Sessions used by delivery attempts: newly opened, or reused from the pool",
             ["kind"],
-            registry=registry,
         )
-        for via in VIAS:  # present from the start, so a rate() has a zero to start from
-            self._accepted.labels(via)
-        self._tls_full, self._tls_resumed = self._tls.labels("full"), self._tls.labels("resumed")
-        self._new, self._reused = self._sessions.labels("new"), self._sessions.labels("reused")
-        self._children: dict[tuple[str, str], Histogram] = {}
+        # Present from the start, so a rate() has a zero to start from.
+        for counter, labels in (
+            (self._accepted, VIAS),
+            (self._tls, ("full", "resumed")),
+            (self._sessions, ("new", "reused")),
+        ):
+            for label in labels:
+                counter.inc((label,), 0)
+        registry.register(
+            LoopCollector(
+                [self._phase, self._accepted, self._recipients, self._tls, self._sessions]
+            )
+        )
         self._sources = _Sources()
         registry.register(_LiveCollector(self._sources))
 
@@ -160,7 +165,7 @@ class RelayMetrics:
 
     def on_accepted(self, via: str) -> None:
         """A message was stored (after the fsync): via "smtp" or "http"."""
-        self._accepted.labels(via if via in VIAS else OTHER).inc()
+        self._accepted.inc((via if via in VIAS else OTHER,))
 
     def on_attempt(
         self,
@@ -171,28 +176,19 @@ class RelayMetrics:
         """The scheduler's observer: one delivery attempt of `message` is recorded."""
         domains = self.domains
         first = domains(domain_of(message.recipients[0].recipient)) if message.recipients else OTHER
+        observe = self._phase.observe
         for phase, seconds in result.timings.items():
-            self._histogram(phase, first).observe(seconds)
+            observe((phase[:_MAX_PHASE], first), seconds)
         for outcome in outcomes:
-            domain = domains(domain_of(outcome.recipient))
-            self._recipients.labels(str(outcome.state), domain).inc()
+            self._recipients.inc((str(outcome.state), domains(domain_of(outcome.recipient))))
         if result.new_sessions:
-            self._new.inc(result.new_sessions)
+            self._sessions.inc(("new",), result.new_sessions)
         if result.reused_sessions:
-            self._reused.inc(result.reused_sessions)
+            self._sessions.inc(("reused",), result.reused_sessions)
         if result.tls_full:
-            self._tls_full.inc(result.tls_full)
+            self._tls.inc(("full",), result.tls_full)
         if result.tls_resumed:
-            self._tls_resumed.inc(result.tls_resumed)
-
-    def _histogram(self, phase: str, domain: str) -> Histogram:
-        # labels() takes a lock and builds a tuple key each call; 15 phases per attempt
-        # make a cache of the children worth it. Bounded: phases x (top_domains + 1).
-        key = (phase[:_MAX_PHASE], domain)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._phase.labels(*key)
-        return child
+            self._tls.inc(("resumed",), result.tls_resumed)
 
     # -- live sources -----------------------------------------------------------------
 
