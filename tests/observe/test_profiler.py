@@ -92,7 +92,7 @@ async def test_profile_of_a_busy_relay_over_the_api(busy_relay: Relay) -> None:
             assert frames & {"_deliver", "deliver_many", "enqueue", "submit", "accept"}, frames
 
             assert (await client.get(url, params={"seconds": 0.1})).status_code == 401
-            for bad in ({"seconds": 1000}, {"seconds": "soon"}, {"format": "pdf"}):
+            for bad in ({"seconds": 1000}, {"seconds": "soon"}, {"seconds": ""}, {"format": "pdf"}):
                 refused = await client.get(url, params=bad, headers=AUTH)
                 assert refused.status_code == 400, bad
     finally:

@@ -37,11 +37,13 @@ def profile_endpoint(
     async def profile(request: Request) -> Response:
         if authenticate is not None:
             authenticate(request)
-        text = request.query_params.get("seconds", "")
-        try:
-            seconds = float(text) if text else default_seconds(profiler)
-        except ValueError:
-            raise HTTPException(400, f"seconds must be a number, got {text[:40]!r}") from None
+        text = request.query_params.get("seconds")  # "seconds=" is not "no seconds"
+        seconds = default_seconds(profiler)
+        if text is not None:
+            try:
+                seconds = float(text)
+            except ValueError:
+                raise HTTPException(400, f"seconds must be a number, got {text[:40]!r}") from None
         fmt = request.query_params.get("format", "html")
         try:
             profiler.check(seconds, fmt)
