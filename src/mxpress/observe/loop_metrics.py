@@ -54,7 +54,9 @@ class LoopHistogram:
 
     __slots__ = ("_bounds", "_doc", "_labels", "_le", "_name", "_series")
 
-    def __init__(self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]):
+    def __init__(
+        self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
         self._name = name
         self._doc = doc
         self._labels = list(labels)
