@@ -7,6 +7,7 @@ import email
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from email import policy
+from email.message import EmailMessage, Message
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,17 @@ def scheduler(
     )
 
 
+def dsn_report(dsn: QueuedMessage) -> tuple[EmailMessage, list[Message]]:
+    """A DSN parsed: the whole report, and the blocks of its message/delivery-status part
+    (the per-message block first, then one per recipient)."""
+    report = email.message_from_bytes(dsn.data or b"", policy=policy.default)
+    assert isinstance(report, EmailMessage)
+    status = next(
+        p for p in report.iter_parts() if p.get_content_type() == "message/delivery-status"
+    )
+    return report, status.get_payload()
+
+
 async def state(store: SQLiteQueue, message_id: str) -> MessageState:
     m = await store.get(message_id)
     assert m is not None
@@ -148,12 +160,9 @@ async def test_a_long_delay_warns_the_sender_once(
     [dsn] = seen.dsns()
     assert s.stats.delay_warnings == 1 and s.stats.dsn_sent == 1
     assert dsn.sender == "" and [r.recipient for r in dsn.recipients] == ["sender@x.test"]
-    report = email.message_from_bytes(dsn.data or b"", policy=policy.default)
+    report, blocks = dsn_report(dsn)
     assert report["Subject"].startswith("Delivery delayed")
-    status = next(
-        p for p in report.iter_parts() if p.get_content_type() == "message/delivery-status"
-    )
-    block = status.get_payload()[1]
+    block = blocks[1]
     assert block["Final-Recipient"] == "rfc822; busy@example.test"
     assert (block["Action"], block["Status"]) == ("delayed", "4.2.2")
     assert "452" in block["Diagnostic-Code"] and block["Will-Retry-Until"]
@@ -177,10 +186,8 @@ async def test_permanent_failure_bounces_to_sender(
     assert await state(store, message_id) is MessageState.DONE
     [dsn] = seen.dsns()
     assert dsn.sender == "" and [r.recipient for r in dsn.recipients] == ["sender@x.test"]
-    report = email.message_from_bytes(dsn.data or b"", policy=policy.default)
+    report, blocks = dsn_report(dsn)
     assert report.get_content_type() == "multipart/report"
-    status = [p for p in report.iter_parts() if p.get_content_type() == "message/delivery-status"]
-    blocks = status[0].get_payload()
     assert blocks[1]["Final-Recipient"] == "rfc822; refused@example.test"
     assert blocks[1]["Action"] == "failed" and blocks[1]["Status"].startswith("5.")
     assert "550" in blocks[1]["Diagnostic-Code"]
@@ -201,13 +208,10 @@ async def test_expiry_bounces_with_4_4_7(store: SQLiteQueue, postfix: PostfixSer
     assert stored is not None and stored.state is MessageState.DONE
     assert stored.recipients[0].state is RecipientState.BOUNCED
     assert stored.recipients[0].attempts >= 2  # it was retried before giving up
-    report = email.message_from_bytes(seen.dsns()[0].data or b"", policy=policy.default)
-    status = next(
-        p for p in report.iter_parts() if p.get_content_type() == "message/delivery-status"
-    )
+    _, blocks = dsn_report(seen.dsns()[0])
     # Postfix gave 450 4.2.0 each time; the DSN says why it stopped trying: expired.
-    assert status.get_payload()[1]["Status"] == "4.4.7"
-    assert "expired" in status.get_payload()[1]["Diagnostic-Code"]
+    assert blocks[1]["Status"] == "4.4.7"
+    assert "expired" in blocks[1]["Diagnostic-Code"]
 
 
 @pytest.mark.parametrize(("sender", "is_bounce"), [("", False), ("sender@x.test", True)])
