@@ -5,36 +5,56 @@ PYTHON ?= $(shell sh scripts/pick-python)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The protocol core compiled with mypyc (setup.py; MXPRESS_COMPILE=0 for pure Python). Rebuilt
+# whenever a source of it changes; a stale build refuses to import (mxpress/compiled.py).
+NATIVE := $(VENV)/.native-stamp
+PROTOCOL_SOURCES := $(wildcard src/mxpress/protocol/*.py)
 
-.PHONY: run demo test lint typecheck bench bench-wan clean
+.PHONY: run demo test test-pure native lint typecheck bench bench-wan clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	MXPRESS_COMPILE=0 $(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+$(NATIVE): $(STAMP) setup.py $(PROTOCOL_SOURCES)
+	rm -f src/mxpress/protocol/*.so
+	$(PY) setup.py -q build_ext --inplace --force  # --force: every .so newer than its source
+	touch $(NATIVE)
+
+native: $(NATIVE)
+
+run: $(NATIVE)
 	$(PY) scripts/run_relay.py
 
-demo: $(STAMP)
+demo: $(NATIVE)
 	$(PY) scripts/demo.py
 
-test: $(STAMP) lint typecheck
+# All tests on the compiled core, then the protocol's own tests on its pure-Python sources.
+test: $(NATIVE) lint typecheck
 	$(VENV)/bin/pytest -q
+	$(MAKE) --no-print-directory test-pure
+
+test-pure: $(STAMP)
+	rm -rf build/pure && mkdir -p build/pure && cp -r src/mxpress build/pure/
+	find build/pure -name '*.so' -delete
+	MXPRESS_COMPILE=0 PYTHONPATH=build/pure $(VENV)/bin/pytest -q -p no:cacheprovider \
+		tests/protocol tests/server tests/test_compiled.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench scripts
-	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/ruff check src tests bench scripts setup.py
+	$(VENV)/bin/ruff format --check src tests bench scripts setup.py
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+bench: $(NATIVE)
 	$(PY) bench/smtp_throughput.py
 
-bench-wan: $(STAMP)
+bench-wan: $(NATIVE)
 	$(PY) bench/smtp_wan.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build
+	rm -f src/mxpress/protocol/*.so

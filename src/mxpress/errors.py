@@ -215,3 +215,11 @@ class ProfilerError(MxpressError):
 
 class ProfilerBusy(ProfilerError):
     """A profile is being captured already; one at a time (the sampler would mix them)."""
+
+
+# --- build -----------------------------------------------------------------------
+
+
+class StaleBuildError(MxpressError, ImportError):
+    """A compiled module (mypyc, setup.py) is older than its source: Python would import
+    the old compiled code, not the source on disk. Rebuild, or delete the compiled files."""

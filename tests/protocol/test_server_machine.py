@@ -540,3 +540,6 @@ def test_config_is_checked() -> None:
             hostname="a", max_message_size=1, max_header_size=1, max_recipients=1,
             auth_mechanisms=("CRAM-MD5",),
         )  # fmt: skip
+    # A float limit would pass `< 1` and then fail mid-session in the compiled reader.
+    with pytest.raises(ValueError, match="max_message_size must be a whole number"):
+        ServerConfig(hostname="a", max_message_size=10e6, max_header_size=1, max_recipients=1)  # type: ignore[arg-type]

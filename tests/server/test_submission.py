@@ -292,6 +292,8 @@ def test_trust_answers_are_remembered_per_peer_and_bounded(queue: FakeQueue) -> 
         ({"users": {"app": "plaintext"}}, "user 'app'"),
         ({"implicit_tls": True}, "tls_context"),
         ({"max_message_size": 0}, "max_message_size"),
+        ({"max_message_size": 10e6}, "max_message_size must be a whole number"),
+        ({"max_recipients": True}, "max_recipients must be a whole number"),
     ],
 )
 def test_config_errors(options: dict[str, Any], message: str, queue: FakeQueue) -> None:

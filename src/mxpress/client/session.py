@@ -305,12 +305,22 @@ class Session:
     # -- transactions ------------------------------------------------------------------
 
     async def send(
-        self, sender: str, recipients: str | Iterable[str], data: bytes, **dsn: object
+        self,
+        sender: str,
+        recipients: str | Iterable[str],
+        data: bytes,
+        *,
+        ret: str | None = None,
+        envid: str | None = None,
+        notify: Sequence[str] | None = None,
     ) -> TransactionResult:
         """Send one message. Returns the result if at least one recipient got it;
-        raises `DeliveryError` (with every recipient's reply) if none did."""
+        raises `DeliveryError` (with every recipient's reply) if none did.
+
+        ret, envid and notify are DSN parameters (RFC 3461), sent if the server has DSN.
+        """
         rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
-        results = await self.send_many([Outgoing(sender, rcpts, data, **dsn)])  # type: ignore[arg-type]
+        results = await self.send_many([Outgoing(sender, rcpts, data, ret, envid, notify)])
         result = results[0]
         if result.error is not None:
             raise result.error

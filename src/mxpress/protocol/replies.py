@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from mxpress.errors import RemoteProtocolError
 
@@ -89,7 +90,7 @@ class ReplyParser:
 
     # Servers repeat the same single-line replies ("250 2.1.5 Ok") all session long;
     # replies are immutable, so a small per-parser cache skips decoding and parsing them.
-    _CACHE_LIMIT = 64
+    _CACHE_LIMIT: Final = 64
 
     def __init__(
         self, *, max_line: int = DEFAULT_MAX_LINE, max_lines: int = DEFAULT_MAX_LINES

@@ -20,6 +20,7 @@ AUTH PLAIN/LOGIN (4954).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from mxpress.protocol.server_checks import Refusal, check_recipient
 from mxpress.protocol.server_commands import SaslExchange, parse_mail, parse_rcpt, reply_line
@@ -40,7 +41,11 @@ from mxpress.protocol.server_events import (
 # command line is far shorter (RFC 5321 §4.5.3.1.4: 512 plus extension parameters).
 MAX_COMMAND_LINE = 12288
 
-_COMMAND, _DATA, _AUTH, _CLOSED = range(4)
+# States; Final, so that compiled (mypyc) they are constants, not module lookups.
+_COMMAND: Final = 0
+_DATA: Final = 1
+_AUTH: Final = 2
+_CLOSED: Final = 3
 
 OK = b"250 2.0.0 Ok\r\n"
 _MAIL_OK = b"250 2.1.0 Ok\r\n"

@@ -58,17 +58,20 @@ class DataReader:
         if self.refusal is None:
             # Header lines are judged whole, so their chunks end at CRLF; body chunks at
             # LF (a body with bare LF line ends must not look like one long line).
+            # (_take says whether it kept the message: re-reading self.refusal here would
+            # trust mypy's narrowing above, which mypyc turns into a type check.)
+            kept = True
             if not self._header.done:
                 nl = buf.rfind(b"\r\n", pos)
                 if nl >= 0:
-                    self._take(buf, pos, nl + 2)
+                    kept = self._take(buf, pos, nl + 2)
                     pos = nl + 2
-            if self._header.done and self.refusal is None:
+            if kept and self._header.done:
                 nl = buf.rfind(b"\n", pos)
                 if nl >= 0:
-                    self._take(buf, pos, nl + 1)
+                    kept = self._take(buf, pos, nl + 1)
                     pos = nl + 1
-            if self.refusal is None and len(buf) - pos >= MAX_LINE:
+            if kept and len(buf) - pos >= MAX_LINE:
                 self._refuse(LINE_TOO_LONG)  # no line end within the limit
         if self.refusal is None:
             return pos, False
@@ -92,8 +95,11 @@ class DataReader:
         self.refusal = refusal
         self._parts.clear()  # a refused message is freed at once; the rest is drained
 
-    def _take(self, buf: bytes, start: int, end: int) -> None:
-        """Unstuff, count and check buf[start:end], which ends at a line end."""
+    def _take(self, buf: bytes, start: int, end: int) -> bool:
+        """Unstuff, count and check buf[start:end], which ends at a line end.
+
+        Return False if that refused the message.
+        """
         at_line_start = self._at_line_start
         self._at_line_start = buf[end - 2 : end] == b"\r\n"
         if at_line_start and buf[start] == 0x2E:  # "."
@@ -104,16 +110,17 @@ class DataReader:
         self._size += len(chunk)
         if self._size > self._max_size:
             self._refuse(too_big(self._max_size))
-            return
+            return False
         body = 0
         if not self._header.done:
             body = self._header_lines(chunk)
             if self.refusal is not None:
-                return
+                return False
         if check_line_lengths(chunk[body:] if body else chunk, MAX_LINE - 2) is not None:
             self._refuse(LINE_TOO_LONG)
-            return
+            return False
         self._parts.append(chunk)
+        return True
 
     def _header_lines(self, chunk: bytes) -> int:
         """Feed the header lines of `chunk` to the check; return where the body starts."""

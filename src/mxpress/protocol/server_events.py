@@ -37,8 +37,10 @@ class ServerConfig:
         if unknown:
             raise ValueError(f"SASL mechanisms {sorted(unknown)} are not supported")
         for limit in ("max_message_size", "max_header_size", "max_recipients", "max_errors"):
-            if getattr(self, limit) < 1:
-                raise ValueError(f"{limit} must be at least 1")
+            value = getattr(self, limit)
+            # (an int: compiled code reading these would refuse a float mid-session)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{limit} must be a whole number, at least 1, not {value!r}")
         # Built once per listener, not per connection or per EHLO.
         object.__setattr__(self, "greeting", f"220 {name} ESMTP mxpress\r\n".encode())
         object.__setattr__(self, "ehlo_plain", self._ehlo(tls=False))

@@ -143,8 +143,8 @@ class SubmissionServer:
             ("max_auth_failures", max_auth_failures),
             ("max_concurrent_auth", max_concurrent_auth),
         ):
-            if value < 1:
-                raise ConfigError(f"{name} must be at least 1, not {value}")
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"{name} must be a whole number, at least 1, not {value!r}")
         if isinstance(trusted_networks, str):
             raise ConfigError("trusted_networks is a list of networks, not one string")
         self._accept = accept
