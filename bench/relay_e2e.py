@@ -43,6 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.lab.servers import SmtpSink, free_port, postfix_smtpd, require_binary, smtp_sink
 
+from mxpress.compiled import is_compiled
+from mxpress.protocol import server as protocol_server
+
 
 @dataclass(frozen=True)
 class Load:
@@ -249,7 +252,9 @@ def main() -> None:
     )
     # The interpreter matters: a PGO/LTO build runs the relay with ~10% less CPU here.
     python = f"Python {platform.python_version()} ({os.path.realpath(sys.executable)})"
-    print(f"mxpress: {load.workers} worker(s), {python}")
+    # So does the build: the protocol core compiled by mypyc (make native) or pure Python.
+    core = "compiled" if is_compiled(protocol_server) else "pure Python"
+    print(f"mxpress: {load.workers} worker(s), {python}, protocol core {core}")
     print(
         "| relay | messages | submitted msgs/s | end-to-end msgs/s | 250→delivered p50 ms "
         "| p99 ms | machine CPU µs/msg |"
