@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(NATIVE): $(STAMP) setup.py $(PROTOCOL_SOURCES)
-	rm -f src/mxpress/protocol/*.so
-	$(PY) setup.py -q build_ext --inplace --force  # --force: every .so newer than its source
+	rm -f src/mxpress/protocol/*.so src/mxpress/protocol/_compiled_sources.json
+	$(PY) setup.py -q build_ext --inplace --force  # --force: all recompiled, none left from an older build
 	touch $(NATIVE)
 
 native: $(NATIVE)
@@ -57,4 +57,4 @@ bench-wan: $(NATIVE)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build
-	rm -f src/mxpress/protocol/*.so
+	rm -f src/mxpress/protocol/*.so src/mxpress/protocol/_compiled_sources.json

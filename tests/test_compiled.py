@@ -1,9 +1,11 @@
 """The protocol core runs compiled (mypyc) unless MXPRESS_COMPILE=0, and a compiled module
-older than its source is refused rather than silently run."""
+whose source changed since is refused rather than silently run."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from mxpress.compiled import check_fresh, is_compiled
+import mxpress
+from mxpress.compiled import RECORD, check_fresh, is_compiled
 from mxpress.errors import MxpressError, StaleBuildError
 
 ROOT = Path(__file__).parent.parent
+PACKAGE = Path(mxpress.__file__).parent  # the one imported: src/, or make test-pure's copy
 
 
 def compiled_modules() -> list[str]:
@@ -43,35 +47,54 @@ def test_the_modules_left_out_run_their_sources() -> None:
     assert "mxpress.protocol.commands" not in compiled_modules()
 
 
-def _fake_build(tmp_path: Path, name: str, source_newer: bool) -> Path:
-    suffix = EXTENSION_SUFFIXES[0]
-    source = tmp_path / f"{name}.py"
-    compiled = tmp_path / f"{name}{suffix}"
-    source.write_text("x = 1\n")
+def _fake_build(package: Path, name: str, source_text: str) -> Path:
+    """A stand-in compiled module for `name`, recorded as compiled from `source_text`."""
+    compiled = package / f"{name}{EXTENSION_SUFFIXES[0]}"
     compiled.write_bytes(b"\x7fELF")
-    older, newer = 1_700_000_000_000_000_000, 1_700_000_100_000_000_000
-    os.utime(source, ns=(newer, newer) if source_newer else (older, older))
-    os.utime(compiled, ns=(older, older) if source_newer else (newer, newer))
-    return source
+    record_file = package / RECORD
+    record = json.loads(record_file.read_text()) if record_file.exists() else {}
+    record[compiled.name] = hashlib.sha256(source_text.encode()).hexdigest()
+    record_file.write_text(json.dumps(record))
+    return compiled
 
 
-def test_a_compiled_module_older_than_its_source_is_refused(tmp_path: Path) -> None:
-    _fake_build(tmp_path, "fresh", source_newer=False)
-    source = _fake_build(tmp_path, "edited", source_newer=True)
+def test_a_compiled_module_whose_source_changed_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "fresh.py").write_text("x = 1\n")
+    _fake_build(tmp_path, "fresh", "x = 1\n")
+    check_fresh(tmp_path)
+    (tmp_path / "edited.py").write_text("x = 2\n")
+    _fake_build(tmp_path, "edited", "x = 1\n")
     with pytest.raises(StaleBuildError) as caught:
         check_fresh(tmp_path)
     assert isinstance(caught.value, MxpressError) and isinstance(caught.value, ImportError)
-    assert str(source) in str(caught.value) and "make native" in str(caught.value)
+    assert str(tmp_path / "edited.py") in str(caught.value)
+    assert "make native" in str(caught.value)
 
 
-def test_fresh_builds_and_lone_libraries_pass(tmp_path: Path) -> None:
-    _fake_build(tmp_path, "fresh", source_newer=False)
+def test_compiled_modules_without_a_record_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "server.py").write_text("x = 1\n")
+    _fake_build(tmp_path, "server", "x = 1\n")
+    (tmp_path / RECORD).write_text("{not json")
+    with pytest.raises(StaleBuildError, match="unreadable"):
+        check_fresh(tmp_path)
+    (tmp_path / RECORD).unlink()
+    with pytest.raises(StaleBuildError, match="unreadable"):
+        check_fresh(tmp_path)
+
+
+def test_file_times_do_not_matter_and_lone_libraries_pass(tmp_path: Path) -> None:
+    # As a wheel installs them: every file gets the time of installation, sources last.
+    (tmp_path / "server.py").write_text("x = 1\n")
+    compiled = _fake_build(tmp_path, "server", "x = 1\n")
+    os.utime(compiled, ns=(1, 1))
     # the shared library (no source of its own) and other interpreters' builds are ignored
     (tmp_path / f"_native__mypyc{EXTENSION_SUFFIXES[0]}").write_bytes(b"\x7fELF")
-    other_abi = tmp_path / "server.cpython-399-x86_64-linux-gnu.so"
-    other_abi.write_bytes(b"\x7fELF")
+    (tmp_path / "server.cpython-399-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    check_fresh(tmp_path)
+
+
+def test_nothing_compiled_needs_no_record(tmp_path: Path) -> None:
     (tmp_path / "server.py").write_text("x = 1\n")
-    os.utime(other_abi, ns=(1, 1))
     check_fresh(tmp_path)
 
 
@@ -82,21 +105,39 @@ def _python_in(path: Path, code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_a_copy_with_new_file_times_imports_as_built(tmp_path: Path) -> None:
+    # What broke the first wheel: sources installed after their compiled modules. A copy
+    # with every source newer than the compiled files imports them, compiled as built.
+    shutil.copytree(PACKAGE, tmp_path / "mxpress", copy_function=shutil.copy)
+    for source in (tmp_path / "mxpress").rglob("*.py"):
+        os.utime(source)
+    run = _python_in(
+        tmp_path,
+        "import mxpress.protocol.server as s; from mxpress.compiled import is_compiled; "
+        "print(s.__file__, is_compiled(s))",
+    )
+    assert run.returncode == 0, run.stderr
+    path, compiled = run.stdout.split()
+    assert path.startswith(str(tmp_path / "mxpress/protocol/server."))
+    assert compiled == str(os.environ.get("MXPRESS_COMPILE", "1") != "0")
+
+
 def test_importing_the_protocol_package_refuses_a_stale_build(tmp_path: Path) -> None:
     # A copy of the package in which server.py was edited after its (stand-in) compiled
     # module was built: importing it must fail, naming the file, before loading any of it.
-    shutil.copytree(ROOT / "src/mxpress", tmp_path / "mxpress")
+    shutil.copytree(PACKAGE, tmp_path / "mxpress")
     protocol = tmp_path / "mxpress/protocol"
     for built in protocol.glob("*.so"):
         built.unlink()
-    _fake_build(protocol, "server", source_newer=True)
-    (protocol / "server.py").write_text((ROOT / "src/mxpress/protocol/server.py").read_text())
+    original = (protocol / "server.py").read_text()
+    stand_in = _fake_build(protocol, "server", original)
+    (protocol / "server.py").write_text(original + "# edited\n")
     run = _python_in(tmp_path, "import mxpress.protocol.server")
     assert run.returncode != 0
     assert "StaleBuildError" in run.stderr and "protocol/server.py changed" in run.stderr
 
-    # Rebuilt (the compiled file newer again): the same copy imports.
-    (protocol / f"server{EXTENSION_SUFFIXES[0]}").unlink()
+    # Without the compiled module, the same copy imports its source.
+    stand_in.unlink()
     ok = _python_in(tmp_path, "import mxpress.protocol.server as s; print(s.__file__)")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == str(protocol / "server.py")

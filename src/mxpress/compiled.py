@@ -1,17 +1,23 @@
 """The protocol core can run compiled by mypyc (setup.py); this says whether it does, and
-refuses to import a compiled module older than its source.
+refuses to import a compiled module whose source changed after it was compiled.
 
 Python imports `name.cpython-*.so` before `name.py`, so after an edit without a rebuild the
-old compiled code would run, silently. A stat per module at import makes that an error.
+old compiled code would run, silently. setup.py records the SHA-256 of each source it
+compiled (`_compiled_sources.json` beside them); the sources on disk must still match.
+Hashes, not file times: an installed wheel's files all get the time of installation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from types import ModuleType
 
 from mxpress.errors import StaleBuildError
+
+RECORD = "_compiled_sources.json"  # written by setup.py: {compiled file name: sha256 of source}
 
 
 def is_compiled(module: ModuleType) -> bool:
@@ -20,13 +26,27 @@ def is_compiled(module: ModuleType) -> bool:
 
 
 def check_fresh(package_dir: Path) -> None:
-    """Raise StaleBuildError if a compiled module in `package_dir` is older than its .py."""
+    """Raise StaleBuildError unless every compiled module in `package_dir` was compiled
+    from the source now beside it."""
     suffix = EXTENSION_SUFFIXES[0]  # this interpreter's own ABI tag; others are not loaded
-    for compiled in package_dir.glob(f"*{suffix}"):
-        source = compiled.with_name(compiled.name.removesuffix(suffix) + ".py")
-        if source.exists() and source.stat().st_mtime_ns > compiled.stat().st_mtime_ns:
-            raise StaleBuildError(
-                f"{source} changed after it was compiled into {compiled.name}; "
-                "rebuild with `make native` (or delete the compiled .so files of "
-                f"{package_dir} to run the sources)"
-            )
+    compiled = sorted(package_dir.glob(f"*{suffix}"))
+    if not compiled:
+        return
+    try:
+        record = json.loads((package_dir / RECORD).read_text())
+    except (OSError, ValueError) as exc:
+        what = f"its record of the compiled sources is unreadable ({exc})"
+        raise _stale(package_dir, what) from exc
+    for module in compiled:
+        source = module.with_name(module.name.removesuffix(suffix) + ".py")
+        if not source.exists():
+            continue  # the shared library, which has no source of its own
+        if record.get(module.name) != hashlib.sha256(source.read_bytes()).hexdigest():
+            raise _stale(package_dir, f"{source} changed after it was compiled into {module.name}")
+
+
+def _stale(package_dir: Path, what: str) -> StaleBuildError:
+    return StaleBuildError(
+        f"{what}; rebuild with `make native`, or delete the compiled .so files of "
+        f"{package_dir} to run the sources"
+    )
