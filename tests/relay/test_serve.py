@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -269,17 +270,35 @@ def test_workers_share_the_port_each_with_its_queue_file(
             serve.proc.kill()
 
 
+QUEUE_FILES = ("queue.sqlite3", "queue.1.sqlite3")  # worker 0's, worker 1's
+
+
+def stored_ids(path: Path) -> set[str]:
+    """The ids of the messages in one worker's queue file; none before it exists."""
+    if not path.exists():
+        return set()
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            return {row[0] for row in db.execute("SELECT id FROM messages")}
+        except sqlite3.OperationalError:  # created, its tables not yet
+            return set()
+
+
 def check_workers(
     serve: ServeProcess, port: int, http_port: int, data: Path, handler: RecordingHandler
 ) -> None:
-    ids = [submit(port, n) for n in range(40)]
-    handler.wait_for_messages(40, timeout=30)
-    stored = {}
-    for name in ("queue.sqlite3", "queue.1.sqlite3"):
-        with sqlite3.connect(data / name) as db:
-            stored[name] = {row[0] for row in db.execute("SELECT id FROM messages")}
-    # The kernel spread the 40 connections over both workers (all on one: 2 in 2**40).
-    assert stored["queue.sqlite3"] and stored["queue.1.sqlite3"]
+    # serve.start() saw one worker answer; the other may still be starting, and until it
+    # listens the kernel gives every connection to the first. So: batches of 20 until both
+    # hold messages (once both listen, all on one: 2 in 2**20 per batch).
+    ids: list[str] = []
+    stored: dict[str, set[str]] = {}
+    while len(ids) < 200 and not all(stored.get(name) for name in QUEUE_FILES):
+        ids += [submit(port, len(ids) + n) for n in range(20)]
+        stored = {name: stored_ids(data / name) for name in QUEUE_FILES}
+    handler.wait_for_messages(len(ids), timeout=30)
+    assert stored["queue.sqlite3"] and stored["queue.1.sqlite3"], {
+        k: len(v) for k, v in stored.items()
+    }
     assert stored["queue.sqlite3"] | stored["queue.1.sqlite3"] == set(ids)
     # The HTTP API (worker 0) sees every worker's messages.
     headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -304,10 +323,10 @@ def check_workers(
             for s in family.samples
             if s.name == "mxpress_messages_accepted_total" and s.labels.get("via") == "smtp"
         }
-        if sum(accepted.values()) == 40 or time.monotonic() > deadline:
+        if sum(accepted.values()) == len(ids) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    assert set(accepted) == {"0", "1"} and sum(accepted.values()) == 40, accepted
+    assert set(accepted) == {"0", "1"} and sum(accepted.values()) == len(ids), accepted
     assert text.count("# TYPE mxpress_messages_accepted_total counter") == 1
     assert serve.signal(signal.SIGTERM) == 0  # both workers stopped gracefully
 
