@@ -221,5 +221,6 @@ class ProfilerBusy(ProfilerError):
 
 
 class StaleBuildError(MxpressError, ImportError):
-    """A compiled module (mypyc, setup.py) is older than its source: Python would import
-    the old compiled code, not the source on disk. Rebuild, or delete the compiled files."""
+    """A compiled module (mypyc, setup.py) was compiled from a source that has changed
+    since: Python would import the old compiled code, not the source on disk. Rebuild, or
+    delete the compiled files."""

@@ -5,7 +5,7 @@ The `data()` command builder is not re-exported here because its name is taken b
 `mxpress.protocol.data` submodule: use `commands.data()` or `commands.DATA`.
 
 Some of these modules may be compiled by mypyc (setup.py, docs/ARCHITECTURE.md); a compiled
-module older than its source is refused before anything here is imported.
+module whose source changed since is refused before anything here is imported.
 """
 
 from pathlib import Path
