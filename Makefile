@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml
 	MXPRESS_COMPILE=0 $(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# --force: all recompiled, none left from an older build.
 $(NATIVE): $(STAMP) setup.py $(PROTOCOL_SOURCES)
 	rm -f src/mxpress/protocol/*.so src/mxpress/protocol/_compiled_sources.json
-	$(PY) setup.py -q build_ext --inplace --force  # --force: all recompiled, none left from an older build
+	$(PY) setup.py -q build_ext --inplace --force || { echo "make: compiling the protocol \
+	core failed: it needs a C compiler and the Python headers (Debian: apt install gcc \
+	python3-dev); MXPRESS_COMPILE=0 make clean $(MAKECMDGOALS) builds pure Python" >&2; exit 1; }
 	touch $(NATIVE)
 
 native: $(NATIVE)
