@@ -174,7 +174,7 @@ class TransactionEngine:
         self._count = 0  # messages taken so far: the next one's index
         self._kept: list[_Txn] = []
         self._open: dict[int, _Txn] = {}  # taken and not yet complete
-        self._waiting: deque[_Txn] = deque(self._prepare(m) for m in messages)
+        self._waiting: deque[_Txn] = deque([self._prepare(m) for m in messages])
         self._any_body_sent = False
         self._checked_sender: tuple[str, bool] | None = None
         self._stamp: list[tuple[_Kind, _Txn]] = []  # written next flight: time to stamp
@@ -352,7 +352,7 @@ class TransactionEngine:
         """Queue the next startable message (skipping ones that failed before sending)."""
         while True:
             if not self._waiting and self._source is not None:
-                self._waiting.extend(self._prepare(m) for m in self._source())
+                self._waiting.extend([self._prepare(m) for m in self._source()])
             if not self._waiting:
                 break
             txn = self._waiting.popleft()
