@@ -1,7 +1,7 @@
 """End-to-end durable relay throughput: smtp-source → relay → smtp-sink, one run.
 
     .venv/bin/python bench/relay_e2e.py [--messages 20000] [--sessions 20] [--size 1024]
-        [--reuse] [--repeat 1] [--workers 1] [--mxpress-only]
+        [--reuse] [--repeat 1] [--workers 1] [--no-cpu-affinity] [--mxpress-only]
 
 --reuse: smtp-source sends every message of a session over one connection (`-d`), as a
 pooled client does; without it, one connection per message (smtp-source's default).
@@ -9,6 +9,8 @@ pooled client does; without it, one connection per message (smtp-source's defaul
 the table ends with the median (this 2-core machine varies by ~10% run to run).
 --workers: mxpress's relay processes (server.workers); Postfix always runs as many
 processes as it likes (here up to 100 smtpd and 20 smtp).
+--no-cpu-affinity: leave mxpress's workers unpinned (server.cpu_affinity = false); by
+default each worker runs on a CPU of its own.
 
 Both relays fsync a message before their 250 (mxpress: SQLite WAL commit, group-committed;
 Postfix: its queue file) and relay everything to the same Postfix smtp-sink:
@@ -54,6 +56,7 @@ class Load:
     size: int
     reuse: bool
     workers: int = 1  # mxpress's server.workers (Postfix runs its processes as it likes)
+    cpu_affinity: bool = True  # mxpress's server.cpu_affinity
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ def bench_mxpress(tmp: Path, sink: SmtpSink, load: Load) -> Row:
 hostname = "relay.test"
 data_dir = "{tmp / "var"}"
 workers = {load.workers}
+cpu_affinity = {str(load.cpu_affinity).lower()}
 [submission]
 listen = "127.0.0.1:{port}"
 trusted_networks = ["127.0.0.0/8"]
@@ -226,12 +230,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="mxpress server.workers")
     parser.add_argument(
+        "--cpu-affinity",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mxpress server.cpu_affinity (each worker on a CPU of its own)",
+    )
+    parser.add_argument(
         "--mxpress-only",
         action="store_true",
         help="skip Postfix (no ratio): for comparing two versions of mxpress by its rows",
     )
     args = parser.parse_args()
-    load = Load(args.messages, args.sessions, args.size, args.reuse, args.workers)
+    load = Load(
+        args.messages, args.sessions, args.size, args.reuse, args.workers, args.cpu_affinity
+    )
     rows: list[Row] = []
     ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="mxpress-e2e-") as tmp, smtp_sink() as sink:
@@ -254,7 +266,8 @@ def main() -> None:
     python = f"Python {platform.python_version()} ({os.path.realpath(sys.executable)})"
     # So does the build: the protocol core compiled by mypyc (make native) or pure Python.
     core = "compiled" if is_compiled(protocol_server) else "pure Python"
-    print(f"mxpress: {load.workers} worker(s), {python}, protocol core {core}")
+    pinned = "each on a CPU of its own" if load.cpu_affinity else "unpinned"
+    print(f"mxpress: {load.workers} worker(s) {pinned}, {python}, protocol core {core}")
     print(
         "| relay | messages | submitted msgs/s | end-to-end msgs/s | 250→delivered p50 ms "
         "| p99 ms | machine CPU µs/msg |"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from mxpress import affinity
 from mxpress.errors import ConfigError
 
 MAX_WORKERS = 64
@@ -33,6 +34,8 @@ class ServerSettings:
     # Relay processes: one per core is the most it can use (each has its own queue file
     # in data_dir, and they share the SMTP port with SO_REUSEPORT). 1: one process.
     workers: int = 1
+    # Pin worker i to the i-th CPU it may use (all its threads): see affinity.py.
+    cpu_affinity: bool = False
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,8 @@ def _positive(value: float, key: str) -> None:
 def _check(s: Settings) -> None:
     if not 1 <= s.server.workers <= MAX_WORKERS:
         raise ConfigError(f"server.workers: 1-{MAX_WORKERS}, got {s.server.workers!r}")
+    if s.server.cpu_affinity and not affinity.supported():
+        raise ConfigError("server.cpu_affinity: not supported on this platform")
     parse_listen(s.submission.listen, "submission.listen")
     parse_listen(s.http.listen, "http.listen")
     if (s.submission.tls_cert is None) != (s.submission.tls_key is None):

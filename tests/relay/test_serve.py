@@ -87,7 +87,13 @@ API_KEY = "test-key"
 
 
 def write_config(
-    tmp_path: Path, sink: AiosmtpdServer, port: int, *, workers: int = 1, http_port: int = 0
+    tmp_path: Path,
+    sink: AiosmtpdServer,
+    port: int,
+    *,
+    workers: int = 1,
+    http_port: int = 0,
+    cpu_affinity: bool = False,
 ) -> Path:
     config = tmp_path / "mxpress.toml"
     digest = hashlib.sha256(API_KEY.encode()).hexdigest()
@@ -102,6 +108,7 @@ def write_config(
 hostname = "relay.test"
 data_dir = "{tmp_path / "var"}"
 workers = {workers}
+cpu_affinity = {str(cpu_affinity).lower()}
 
 [observe]
 worker_metrics_interval = 0.2
@@ -268,6 +275,44 @@ def test_workers_share_the_port_each_with_its_queue_file(
     finally:
         if serve.proc is not None and serve.proc.poll() is None:
             serve.proc.kill()
+
+
+def test_pinned_workers_each_on_a_cpu_of_its_own(
+    tmp_path: Path, sink: tuple[AiosmtpdServer, RecordingHandler]
+) -> None:
+    server, handler = sink
+    port, http_port = free_port(), free_port()
+    config = write_config(tmp_path, server, port, workers=2, http_port=http_port, cpu_affinity=True)
+    allowed = os.sched_getaffinity(0)
+    serve = ServeProcess(config, port)
+    serve.start()
+    try:
+        check_pinned(serve, allowed)
+        check_workers(serve, port, http_port, tmp_path / "var", handler)
+    finally:
+        if serve.proc is not None and serve.proc.poll() is None:
+            serve.proc.kill()
+
+
+def check_pinned(serve: ServeProcess, allowed: set[int]) -> None:
+    """Every thread of worker i runs on the i-th allowed CPU only; the supervisor is free."""
+    assert serve.proc is not None
+    cpus: dict[int, set[int]] = {}
+    deadline = time.monotonic() + 10
+    while len(cpus) < 2:
+        assert time.monotonic() < deadline, cpus
+        for pid in children_of(serve.proc.pid):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"--worker" not in argv:  # forked, not yet the worker's program
+                continue
+            index = int(argv[argv.index(b"--worker") + 1])
+            cpus[index] = set()
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                cpus[index] |= os.sched_getaffinity(int(task.name))
+        time.sleep(0.05)
+    order = sorted(allowed)
+    assert cpus == {i: {order[i % len(order)]} for i in (0, 1)}
+    assert os.sched_getaffinity(serve.proc.pid) == allowed
 
 
 QUEUE_FILES = ("queue.sqlite3", "queue.1.sqlite3")  # worker 0's, worker 1's

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from mxpress import app
+from mxpress import affinity, app
 from mxpress.config import load_settings
 from mxpress.errors import MxpressError
 from mxpress.relay import build_relay
@@ -54,6 +54,9 @@ def serve_command(
             if profile_port is not None:
                 argv += ["--profile-port", str(profile_port)]
             sys.exit(run_workers(argv, settings.server.workers))
+        if settings.server.cpu_affinity:  # before any thread starts: they inherit it
+            cpu = affinity.pin_worker(worker or 0)
+            logging.getLogger(__name__).info("worker %d pinned to CPU %d", worker or 0, cpu)
         relay = build_relay(settings, worker or 0)
         app.run(relay.serve(supervised=worker is not None))
     except (MxpressError, OSError) as exc:
