@@ -57,7 +57,10 @@ class _Worker:
 def listening_socket(host: str, port: int) -> socket.socket:
     """The SMTP port, bound once here for every worker to accept on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=100)
+    try:
+        return socket.create_server((host, port), family=family, backlog=100)
+    except OSError as exc:  # as clear as the single process's own bind error
+        raise OSError(exc.errno, f"submission.listen {host}:{port}: {exc.strerror}") from exc
 
 
 def run_workers(

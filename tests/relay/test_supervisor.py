@@ -116,3 +116,10 @@ def test_workers_accept_on_the_shared_socket_and_a_stop_closes_it() -> None:
     assert listener.fileno() == -1  # the supervisor's copy is closed...
     with pytest.raises(ConnectionRefusedError):  # ... and the workers' went with them
         socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def test_a_taken_port_is_named() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"submission\.listen 127\.0\.0\.1:{port}: .*in use"):
+            listening_socket("127.0.0.1", port)
