@@ -14,7 +14,6 @@ import fcntl
 import logging
 import os
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -284,16 +283,13 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def build_relay(
-    settings: Settings, worker: int = 0, *, listener: socket.socket | None = None
-) -> Relay:
+def build_relay(settings: Settings, worker: int = 0) -> Relay:
     """Everything `mxpress serve` runs, built from settings (no I/O until start()).
 
     With `server.workers` > 1 this is one worker process of several (see
-    supervisor.py): it owns one queue file, serves SMTP on `listener` (the supervisor's
-    listening socket, shared with the others) and delivers what it accepted; worker 0
-    also runs the HTTP API and the profiling listener, over a view of every worker's
-    queue file. Without `listener` it binds submission.listen itself."""
+    supervisor.py): it owns one queue file, shares the SMTP port with the others
+    (SO_REUSEPORT) and delivers what it accepted; worker 0 also runs the HTTP API and
+    the profiling listener, over a view of every worker's queue file."""
     data = settings.data_path
     workers = settings.server.workers
     if not 0 <= worker < workers:
@@ -382,7 +378,7 @@ def build_relay(
             max_message_size=sub.max_message_size,
             max_recipients=sub.max_recipients,
             hostname=settings.server.hostname,
-            sock=listener,
+            reuse_port=workers > 1,
         )
     if settings.http.enabled and worker == 0:
         with contextlib.suppress(ImportError):  # the HTTP API needs starlette + uvicorn

@@ -2,14 +2,9 @@
 process watching them (like Postfix's master, much smaller).
 
 Why processes: one relay process is bound by one core (the GIL); N workers use N. Each
-worker is a whole relay on its own queue file (queue.sqlite3, queue.1.sqlite3, ...),
-and each delivers what it accepted, so no message is ever handed between processes.
-
-The workers share one listening socket, made here and inherited (`listeners`): the
-worker that is free first takes the next connection. With SO_REUSEPORT instead, the
-kernel would deal connections out by a hash of the addresses, whatever each worker's
-load, and those waiting in a dying worker's queue would be reset. This process closes
-its copy when it stops, so that new connections are refused, not left waiting.
+worker is a whole relay on its own queue file (queue.sqlite3, queue.1.sqlite3, ...):
+the workers share the SMTP port (SO_REUSEPORT, the kernel spreads the connections), and
+each delivers what it accepted, so no message is ever handed between processes.
 
 - SIGTERM / SIGINT here is passed on: every worker stops gracefully, then this exits.
 - A worker that exits on its own (crash, OOM kill) is started again after a short pause,
@@ -26,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import subprocess
 import time
 from collections import deque
@@ -54,27 +48,10 @@ class _Worker:
     deaths: deque[float] = field(default_factory=deque)  # monotonic times
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The SMTP port, bound once here for every worker to accept on."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=100)
-    except OSError as exc:  # as clear as the single process's own bind error
-        raise OSError(exc.errno, f"submission.listen {host}:{port}: {exc.strerror}") from exc
-
-
-def run_workers(
-    argv: Sequence[str],
-    workers: int,
-    policy: RestartPolicy | None = None,
-    *,
-    listeners: Sequence[socket.socket] = (),
-) -> int:
+def run_workers(argv: Sequence[str], workers: int, policy: RestartPolicy | None = None) -> int:
     """Run `argv + ["--worker", i]` for i in range(workers) until they end; returns
-    this command's exit status. Every worker inherits `listeners` (same descriptor
-    numbers); they are closed here once stopping."""
+    this command's exit status."""
     policy = policy if policy is not None else RestartPolicy()
-    fds = tuple(sock.fileno() for sock in listeners)
     slots = [_Worker(i) for i in range(workers)]
     stopping = 0  # the signal passed on, once stopping
     failed = False
@@ -82,16 +59,12 @@ def run_workers(
     def stop_all(signum: int, _frame: FrameType | None = None) -> None:
         nonlocal stopping
         stopping = stopping or signum
-        for sock in listeners:
-            sock.close()
         for slot in slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signum)
 
     def start(slot: _Worker) -> None:
-        slot.proc = subprocess.Popen(
-            [*argv, "--worker", str(slot.index)], stdin=subprocess.PIPE, pass_fds=fds
-        )
+        slot.proc = subprocess.Popen([*argv, "--worker", str(slot.index)], stdin=subprocess.PIPE)
 
     previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

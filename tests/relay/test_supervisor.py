@@ -6,15 +6,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
-import pytest
-
-from mxpress.supervisor import RestartPolicy, listening_socket, run_workers
+from mxpress.supervisor import RestartPolicy, run_workers
 
 
 def worker_argv(code: str) -> list[str]:
@@ -87,39 +84,3 @@ def stop_when_started(log: Path, worker_1_starts: int) -> None:
         time.sleep(0.02)
     time.sleep(0.3)
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-def test_workers_accept_on_the_shared_socket_and_a_stop_closes_it() -> None:
-    listener = listening_socket("127.0.0.1", 0)
-    port, fd = listener.getsockname()[1], listener.fileno()
-    # A stand-in worker answers each connection with its index, on the inherited socket.
-    code = (
-        "import socket, sys\n"
-        f"s = socket.socket(fileno={fd})\n"
-        "while True:\n"
-        "    c, _ = s.accept(); c.sendall(sys.argv[-1].encode()); c.close()\n"
-    )
-    answers: list[bytes] = []
-
-    def ask_then_stop() -> None:
-        for _ in range(6):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-                answers.append(conn.recv(16))
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    asker = threading.Thread(target=ask_then_stop)
-    asker.start()
-    status = run_workers(worker_argv(code), 2, listeners=[listener])
-    asker.join()
-    assert status == 0
-    assert len(answers) == 6 and set(answers) <= {b"0", b"1"}, answers
-    assert listener.fileno() == -1  # the supervisor's copy is closed...
-    with pytest.raises(ConnectionRefusedError):  # ... and the workers' went with them
-        socket.create_connection(("127.0.0.1", port), timeout=10)
-
-
-def test_a_taken_port_is_named() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = taken.getsockname()[1]
-        with pytest.raises(OSError, match=rf"submission\.listen 127\.0\.0\.1:{port}: .*in use"):
-            listening_socket("127.0.0.1", port)

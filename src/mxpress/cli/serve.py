@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import sys
 
 import click
 
 from mxpress import affinity, app
-from mxpress.config import load_settings, parse_listen
+from mxpress.config import load_settings
 from mxpress.errors import MxpressError
 from mxpress.relay import build_relay
-from mxpress.supervisor import listening_socket, run_workers
+from mxpress.supervisor import run_workers
 
 
 @click.command(name="serve")
@@ -36,13 +35,8 @@ from mxpress.supervisor import listening_socket, run_workers
     "(local only, no auth; overrides observe.profile_port).",
 )
 @click.option("--worker", type=int, default=None, hidden=True)  # set by the supervisor
-@click.option("--listen-fd", type=int, default=None, hidden=True)  # the shared SMTP socket
 def serve_command(
-    config: str | None,
-    log_level: str,
-    profile_port: int | None,
-    worker: int | None,
-    listen_fd: int | None,
+    config: str | None, log_level: str, profile_port: int | None, worker: int | None
 ) -> None:
     """Run the relay until SIGTERM/SIGINT, then stop gracefully."""
     logging.basicConfig(
@@ -59,17 +53,11 @@ def serve_command(
                 argv += ["--config", config]
             if profile_port is not None:
                 argv += ["--profile-port", str(profile_port)]
-            listeners = []
-            if settings.submission.enabled:
-                host, port = parse_listen(settings.submission.listen, "submission.listen")
-                listeners.append(listening_socket(host, port))
-                argv += ["--listen-fd", str(listeners[0].fileno())]
-            sys.exit(run_workers(argv, settings.server.workers, listeners=listeners))
+            sys.exit(run_workers(argv, settings.server.workers))
         if settings.server.cpu_affinity:  # before any thread starts: they inherit it
             cpu = affinity.pin_worker(worker or 0)
             logging.getLogger(__name__).info("worker %d pinned to CPU %d", worker or 0, cpu)
-        listener = None if listen_fd is None else socket.socket(fileno=listen_fd)
-        relay = build_relay(settings, worker or 0, listener=listener)
+        relay = build_relay(settings, worker or 0)
         app.run(relay.serve(supervised=worker is not None))
     except (MxpressError, OSError) as exc:
         click.echo(f"mxpress serve: {exc}", err=True)

@@ -130,10 +130,10 @@ class SubmissionServer:
         max_auth_failures: int = 3,
         max_concurrent_auth: int = 2,
         timeout: float = 300.0,
-        sock: socket.socket | None = None,
+        reuse_port: bool = False,
     ) -> None:
-        """sock: a listening socket to serve on instead of binding host:port (the relay's
-        workers share one, made by the supervisor)."""
+        """reuse_port: bind with SO_REUSEPORT, so that the relay's worker processes all
+        listen on one port and the kernel spreads the connections over them."""
         if implicit_tls and tls_context is None:
             raise ConfigError("implicit_tls needs a tls_context (certificate and key)")
         for name, value in (
@@ -174,7 +174,7 @@ class SubmissionServer:
         self.require_tls_for_auth = require_tls_for_auth
         self.max_auth_failures = max_auth_failures
         self.timeout = timeout
-        self._sock = sock
+        self.reuse_port = reuse_port
         # scrypt takes 16 MiB and ~50 ms a try: bound how many run at once.
         self._auth_slots = asyncio.Semaphore(max_concurrent_auth)
         self._dummy = parse_hash(_DUMMY_HASH)
@@ -198,16 +198,13 @@ class SubmissionServer:
             raise RuntimeError("SubmissionServer.start() called twice")
         starttls = None if self.implicit_tls else self.tls_context
         config, implicit = self._config, self.implicit_tls
-        loop = asyncio.get_running_loop()
-        factory = lambda: SubmissionConnection(  # noqa: E731
-            self, config, starttls=starttls, implicit_tls=implicit
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: SubmissionConnection(self, config, starttls=starttls, implicit_tls=implicit),
+            self.host,
+            self._port,
+            ssl=self.tls_context if self.implicit_tls else None,
+            reuse_port=self.reuse_port or None,
         )
-        tls = self.tls_context if self.implicit_tls else None
-        if self._sock is not None:
-            self._server = await loop.create_server(factory, sock=self._sock, ssl=tls)
-            self.host = self._sock.getsockname()[0]
-        else:
-            self._server = await loop.create_server(factory, self.host, self._port, ssl=tls)
         self._port = self._server.sockets[0].getsockname()[1]
         logger.info("submission: listening on %s:%d", self.host, self._port)
 
