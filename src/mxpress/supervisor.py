@@ -12,6 +12,8 @@ each delivers what it accepted, so no message is ever handed between processes.
   its queue file (at least once, never zero times). A worker that keeps dying
   (`max_failures` times within `failure_window` seconds: a port taken, a disk gone) stops
   the relay with exit status 1: that needs the operator, not another restart.
+- A worker that dies takes the connections in its accept queue with it (the kernel
+  resets them) unless net.ipv4.tcp_migrate_req = 1: the start says so when it is 0.
 - Each worker's stdin is a pipe from here that nothing is written to: if this process
   is killed (SIGKILL, OOM), the workers read EOF and exit at once; their leases are
   voided by the next run (at least once, never zero times).
@@ -26,9 +28,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 logger = logging.getLogger(__name__)
+
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,21 @@ class _Worker:
     proc: subprocess.Popen[bytes] | None = None  # None while a restart is pending
     restart_at: float = 0.0  # monotonic time of the pending restart
     deaths: deque[float] = field(default_factory=deque)  # monotonic times
+
+
+def migrate_hint(path: Path = MIGRATE_REQ) -> str | None:
+    """Advice if the kernel would reset the connections waiting in the accept queue of a
+    worker that dies, when it could hand them to another worker (Linux 5.14+)."""
+    try:
+        value = path.read_text().strip()
+    except OSError:  # not Linux, or older than 5.14: nothing to set
+        return None
+    if value != "0":
+        return None
+    return (
+        "net.ipv4.tcp_migrate_req is 0: connections waiting at a worker that dies are "
+        "reset; `sysctl -w net.ipv4.tcp_migrate_req=1` hands them to another worker"
+    )
 
 
 def run_workers(argv: Sequence[str], workers: int, policy: RestartPolicy | None = None) -> int:
@@ -75,6 +95,8 @@ def run_workers(argv: Sequence[str], workers: int, policy: RestartPolicy | None 
             workers,
             [slot.proc.pid for slot in slots if slot.proc is not None],
         )
+        if (hint := migrate_hint()) is not None:
+            logger.info("mxpress supervisor: %s", hint)
         while True:
             if stopping:  # wait for the workers; a restart still pending is dropped
                 if all(slot.proc is None or slot.proc.poll() is not None for slot in slots):

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from mxpress.supervisor import RestartPolicy, run_workers
+from mxpress.supervisor import RestartPolicy, migrate_hint, run_workers
 
 
 def worker_argv(code: str) -> list[str]:
@@ -84,3 +84,13 @@ def stop_when_started(log: Path, worker_1_starts: int) -> None:
         time.sleep(0.02)
     time.sleep(0.3)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_the_hint_about_connections_waiting_at_a_dying_worker(tmp_path: Path) -> None:
+    setting = tmp_path / "tcp_migrate_req"
+    setting.write_text("0\n")
+    hint = migrate_hint(setting)
+    assert hint is not None and "sysctl -w net.ipv4.tcp_migrate_req=1" in hint
+    setting.write_text("1\n")
+    assert migrate_hint(setting) is None
+    assert migrate_hint(tmp_path / "absent") is None  # not Linux, or older than 5.14
