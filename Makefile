@@ -5,10 +5,12 @@ PYTHON ?= $(shell sh scripts/pick-python)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# The protocol core compiled with mypyc (setup.py; MXPRESS_COMPILE=0 for pure Python). Rebuilt
-# whenever a source of it changes; a stale build refuses to import (mxpress/compiled.py).
+# The hot path compiled with mypyc (setup.py; MXPRESS_COMPILE=0 for pure Python). Rebuilt
+# whenever one of its sources (pyproject.toml's [tool.mxpress.compiled]) changes; a stale
+# build refuses to import (mxpress/compiled.py).
 NATIVE := $(VENV)/.native-stamp
-PROTOCOL_SOURCES := $(wildcard src/mxpress/protocol/*.py)
+COMPILED_SOURCES := $(shell awk -F'"' '/^\[tool.mxpress.compiled\]/ {on = 1} \
+	on && /^\]/ {on = 0} on && /"mxpress\./ {gsub(/\./, "/", $$2); print "src/" $$2 ".py"}' pyproject.toml)
 
 .PHONY: run demo test test-pure native lint typecheck bench bench-wan clean
 
@@ -19,10 +21,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # --force: all recompiled, none left from an older build.
-$(NATIVE): $(STAMP) setup.py $(PROTOCOL_SOURCES)
-	rm -f src/mxpress/protocol/*.so src/mxpress/protocol/_compiled_sources.json
-	$(PY) setup.py -q build_ext --inplace --force || { echo "make: compiling the protocol \
-	core failed: it needs a C compiler and the Python headers (Debian: apt install gcc \
+$(NATIVE): $(STAMP) setup.py $(COMPILED_SOURCES)
+	find src/mxpress -name '*.so' -delete
+	rm -f src/mxpress/_compiled_sources.json src/mxpress/protocol/_compiled_sources.json
+	$(PY) setup.py -q build_ext --inplace --force || { echo "make: compiling the listed \
+	modules failed: it needs a C compiler and the Python headers (Debian: apt install gcc \
 	python3-dev); MXPRESS_COMPILE=0 make clean $(MAKECMDGOALS) builds pure Python" >&2; exit 1; }
 	touch $(NATIVE)
 
@@ -34,7 +37,7 @@ run: $(NATIVE)
 demo: $(NATIVE)
 	$(PY) scripts/demo.py
 
-# All tests on the compiled core, then the protocol's own tests on its pure-Python sources.
+# All tests on the compiled modules, then all again on their pure-Python sources.
 test: $(NATIVE) lint typecheck
 	$(VENV)/bin/pytest -q
 	$(MAKE) --no-print-directory test-pure
@@ -42,8 +45,7 @@ test: $(NATIVE) lint typecheck
 test-pure: $(STAMP)
 	rm -rf build/pure && mkdir -p build/pure && cp -r src/mxpress build/pure/
 	find build/pure -name '*.so' -delete
-	MXPRESS_COMPILE=0 PYTHONPATH=build/pure $(VENV)/bin/pytest -q -p no:cacheprovider \
-		tests/protocol tests/server tests/test_compiled.py
+	MXPRESS_COMPILE=0 PYTHONPATH=build/pure $(VENV)/bin/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts setup.py

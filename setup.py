@@ -1,8 +1,8 @@
-"""Compiles the protocol core with mypyc: the modules listed in pyproject.toml under
+"""Compiles the hot path with mypyc: the modules listed in pyproject.toml under
 [tool.mxpress.compiled]. MXPRESS_COMPILE=0 builds pure Python (no C compiler needed).
 
-Beside the compiled modules it writes the SHA-256 of each source they were compiled from
-(mxpress/compiled.py refuses to import a compiled module whose source has changed since).
+In the package folder it writes the SHA-256 of each source it compiled (mxpress/compiled.py
+refuses to import a package with a compiled module whose source has changed since).
 Everything else about the package is in pyproject.toml.
 """
 
@@ -39,16 +39,18 @@ class BuildExtRecordingSources(build_ext):
 
     def run(self) -> None:
         super().run()
-        built = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]
-        if not built:
+        if not self.extensions:
             return
-        record_file = built[0].parent / RECORD  # in the package: in place, or in the wheel
-        record = json.loads(record_file.read_text()) if record_file.exists() else {}
+        # The package's own folder, in place or in the wheel; keys are paths inside it
+        # (two modules may share a name: server/connection.py, transport/connection.py).
+        package = Path(self.get_ext_fullpath("mxpress.x")).parent
+        record = {}
         for source in compiled_sources():
-            path = ROOT / source
-            compiled = next(p for p in built if p.name.startswith(path.stem + "."))
-            record[compiled.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-        record_file.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+            name = source.removeprefix("src/").removesuffix(".py").replace("/", ".")
+            compiled = Path(self.get_ext_fullpath(name))
+            key = compiled.relative_to(package).as_posix()
+            record[key] = hashlib.sha256((ROOT / source).read_bytes()).hexdigest()
+        (package / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildExtRecordingSources})

@@ -1,4 +1,15 @@
-"""mxpress: a fast, reliable outbound e-mail delivery engine."""
+# ruff: noqa: E402  (the build check runs before the possibly compiled modules load)
+"""mxpress: a fast, reliable outbound e-mail delivery engine.
+
+The hot path may be compiled by mypyc (setup.py, docs/ARCHITECTURE.md); a compiled module
+whose source changed since is refused before any of it is imported.
+"""
+
+from pathlib import Path
+
+from mxpress.compiled import check_fresh
+
+check_fresh(Path(__file__).parent)
 
 from mxpress.client import Session, SessionOptions, Timeouts, TLSMode, connect
 from mxpress.delivery.result import Outcome, RecipientResult, SendResult

@@ -1,9 +1,9 @@
-"""The protocol core can run compiled by mypyc (setup.py); this says whether it does, and
-refuses to import a compiled module whose source changed after it was compiled.
+"""The hot path can run compiled by mypyc (setup.py); this says whether it does, and
+refuses to import a package with a compiled module whose source changed after it was compiled.
 
 Python imports `name.cpython-*.so` before `name.py`, so after an edit without a rebuild the
 old compiled code would run, silently. setup.py records the SHA-256 of each source it
-compiled (`_compiled_sources.json` beside them); the sources on disk must still match.
+compiled (`_compiled_sources.json` in the package folder); the sources must still match.
 Hashes, not file times: an installed wheel's files all get the time of installation.
 """
 
@@ -17,7 +17,8 @@ from types import ModuleType
 
 from mxpress.errors import StaleBuildError
 
-RECORD = "_compiled_sources.json"  # written by setup.py: {compiled file name: sha256 of source}
+# Written by setup.py in the package folder: {compiled file's path in it: sha256 of source}.
+RECORD = "_compiled_sources.json"
 
 
 def is_compiled(module: ModuleType) -> bool:
@@ -26,10 +27,10 @@ def is_compiled(module: ModuleType) -> bool:
 
 
 def check_fresh(package_dir: Path) -> None:
-    """Raise StaleBuildError unless every compiled module in `package_dir` was compiled
+    """Raise StaleBuildError unless every compiled module under `package_dir` was compiled
     from the source now beside it."""
     suffix = EXTENSION_SUFFIXES[0]  # this interpreter's own ABI tag; others are not loaded
-    compiled = sorted(package_dir.glob(f"*{suffix}"))
+    compiled = sorted(package_dir.rglob(f"*{suffix}"))
     if not compiled:
         return
     try:
@@ -41,7 +42,10 @@ def check_fresh(package_dir: Path) -> None:
         source = module.with_name(module.name.removesuffix(suffix) + ".py")
         if not source.exists():
             continue  # the shared library, which has no source of its own
-        if record.get(module.name) != hashlib.sha256(source.read_bytes()).hexdigest():
+        key = module.relative_to(package_dir).as_posix()
+        if key not in record:
+            raise _stale(package_dir, f"{module} is not of this build (left from another?)")
+        if record[key] != hashlib.sha256(source.read_bytes()).hexdigest():
             raise _stale(package_dir, f"{source} changed after it was compiled into {module.name}")
 
 

@@ -1,18 +1,11 @@
-# ruff: noqa: E402  (the build check runs before the possibly compiled modules load)
 """Sans-IO SMTP: no asyncio, no sockets, no clock. Bytes in, events out (DESIGN.md §2).
 
 The `data()` command builder is not re-exported here because its name is taken by the
 `mxpress.protocol.data` submodule: use `commands.data()` or `commands.DATA`.
 
-Some of these modules may be compiled by mypyc (setup.py, docs/ARCHITECTURE.md); a compiled
-module whose source changed since is refused before anything here is imported.
+Some of these modules may be compiled by mypyc (setup.py, docs/ARCHITECTURE.md); the
+package's `__init__` refuses a stale build before any of them is imported.
 """
-
-from pathlib import Path
-
-from mxpress.compiled import check_fresh
-
-check_fresh(Path(__file__).parent)
 
 from mxpress.protocol import commands
 from mxpress.protocol.commands import (

@@ -83,7 +83,7 @@ class GroupCommitWriter:
         # Guards "closed?" + put, so no request can slip in behind the stop marker.
         self._lock = threading.Lock()
         self._closed = True
-        self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
         self._commits = self._batches = self._count = self._failed = 0
         self._max_seen = self._skipped = 0
         self._last_size = 0  # requests in the last batch collected
@@ -106,16 +106,16 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._closed = False
-        self._thread = threading.Thread(
+        self._worker = threading.Thread(
             target=self._run, args=(loop, ready), name=self._name, daemon=True
         )
-        self._thread.start()
+        self._worker.start()
         try:
             await ready
         except BaseException:  # failed to open, or cancelled while it did
             self._closed = True
             self._requests.put(_STOP)  # a thread that did open waits for requests: end it
-            await asyncio.to_thread(self._thread.join)
+            await asyncio.to_thread(self._worker.join)
             raise
 
     async def stop(self) -> None:
@@ -126,8 +126,8 @@ class GroupCommitWriter:
             self._closed = True
             self._requests.put(_STOP)
         self._enough.set()  # no waiting out a window for company that will not come
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.join)
 
     async def submit(
         self, op: Callable[[sqlite3.Connection], T], *, skip_if_cancelled: bool = False
