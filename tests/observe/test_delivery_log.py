@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mxpress.delivery.result import Outcome, RecipientResult, SendResult
-from mxpress.observe import delivery_log
+from mxpress.observe import delivery_log, log_writer
 from mxpress.observe.delivery_log import DeliveryLog, message_id_of
 from mxpress.protocol.replies import Reply
 from mxpress.queue.store import (
@@ -227,13 +227,13 @@ def test_a_full_queue_drops_lines_instead_of_blocking(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stuck = threading.Event()
-    original = delivery_log._LineWriter._write
+    original = log_writer.LineWriter._write
 
-    def slow_disk(self: delivery_log._LineWriter, lines: list[str]) -> None:
+    def slow_disk(self: log_writer.LineWriter, lines: list[str]) -> None:
         stuck.wait(10)  # the writer is stuck: nothing drains the queue
         original(self, lines)
 
-    monkeypatch.setattr(delivery_log._LineWriter, "_write", slow_disk)
+    monkeypatch.setattr(log_writer.LineWriter, "_write", slow_disk)
     log = DeliveryLog(tmp_path / "delivery.jsonl", max_pending=3)
     log.start()
     log.on_attempt(*fake_attempt(0))  # 2 lines: the writer takes them and gets stuck

@@ -28,12 +28,10 @@ and lines be dropped (counted in `dropped`), never the loop wait.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import queue
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -43,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from mxpress.delivery.router import domain_of
 from mxpress.errors import MxpressError
+from mxpress.observe.log_writer import LineWriter
 from mxpress.rfc3339 import utc_millis
 
 if TYPE_CHECKING:
@@ -111,74 +110,6 @@ def _tls(result: SendResult) -> str | None:
     return "reused" if result.reused_sessions else None
 
 
-class _LineWriter(threading.Thread):
-    """Writes queued lines in batches: one write and one flush for everything pending
-    (the logging module's handlers flush and stat the file per record: measured at ~12%
-    of the relay's CPU under load), rotating by size it counts itself."""
-
-    def __init__(
-        self, path: Path, max_bytes: int, backups: int, batches: queue.SimpleQueue[list[str] | None]
-    ) -> None:
-        super().__init__(name="mxpress-delivery-log", daemon=True)
-        self._path = path
-        self._max_bytes = max_bytes
-        self._backups = backups
-        self._batches = batches
-        self._file = path.open("a", encoding="utf-8")
-        self._size = self._file.tell()
-        self.taken = 0  # lines taken off the queue (written by this thread only)
-
-    def run(self) -> None:
-        batches = self._batches
-        while True:
-            batch = batches.get()
-            if batch is None:
-                self._file.close()
-                return
-            lines = batch  # the loop no longer holds it
-            with contextlib.suppress(queue.Empty):
-                while len(lines) < 4096:
-                    more = batches.get_nowait()
-                    if more is None:
-                        batches.put(None)  # stop after this write
-                        break
-                    lines += more
-            self.taken += len(lines)
-            self._write(lines)
-
-    def _write(self, lines: list[str]) -> None:
-        """Whole lines only: a file is rotated between lines, never inside one."""
-        chunk: list[str] = []
-        chunk_size = 0
-        for line in lines:
-            size = len(line.encode("utf-8") if not line.isascii() else line) + 1
-            if self._size + chunk_size + size > self._max_bytes and self._size + chunk_size:
-                self._flush(chunk)
-                chunk, chunk_size = [], 0
-                self._rotate()
-            chunk.append(line)
-            chunk_size += size
-        self._flush(chunk)
-
-    def _flush(self, chunk: list[str]) -> None:
-        if not chunk:
-            return
-        text = "".join(line + "\n" for line in chunk)
-        self._file.write(text)
-        self._file.flush()
-        self._size += len(text.encode("utf-8")) if not text.isascii() else len(text)
-
-    def _rotate(self) -> None:
-        self._file.close()
-        for n in range(self._backups - 1, 0, -1):
-            older = self._path.with_name(f"{self._path.name}.{n}")
-            if older.exists():
-                older.replace(self._path.with_name(f"{self._path.name}.{n + 1}"))
-        self._path.replace(self._path.with_name(f"{self._path.name}.1"))
-        self._file = self._path.open("a", encoding="utf-8")
-        self._size = 0
-
-
 class DeliveryLog:
     """Writes delivery records as JSON lines, with size-based rotation (see module doc)."""
 
@@ -197,7 +128,7 @@ class DeliveryLog:
         self._clock = clock
         self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._max_pending = max_pending
-        self._writer: _LineWriter | None = None
+        self._writer: LineWriter | None = None
         # Lines go to the writer thread in batches, not one by one: each hand-over may
         # wake the thread, and each wake-up takes a turn at the GIL (measured: ~5% of
         # the relay's CPU per message under load).
@@ -216,7 +147,7 @@ class DeliveryLog:
         if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = _LineWriter(self.path, self._max_bytes, self._backups, self._queue)
+        self._writer = LineWriter(self.path, self._max_bytes, self._backups, self._queue)
         self._writer.start()
 
     def close(self) -> None:
