@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.lab.servers import SmtpSink, free_port, postfix_smtpd, require_binary, smtp_sink
 
+from mxpress import relay as relay_module
 from mxpress.compiled import is_compiled
 from mxpress.protocol import server as protocol_server
 
@@ -264,10 +265,11 @@ def main() -> None:
     )
     # The interpreter matters: a PGO/LTO build runs the relay with ~10% less CPU here.
     python = f"Python {platform.python_version()} ({os.path.realpath(sys.executable)})"
-    # So does the build: the protocol core compiled by mypyc (make native) or pure Python.
-    core = "compiled" if is_compiled(protocol_server) else "pure Python"
+    # So does the build: the hot path compiled by mypyc (make native) or pure Python.
+    built = [is_compiled(module) for module in (protocol_server, relay_module)]
+    core = "compiled" if all(built) else "partly compiled" if any(built) else "pure Python"
     pinned = "each on a CPU of its own" if load.cpu_affinity else "unpinned"
-    print(f"mxpress: {load.workers} worker(s) {pinned}, {python}, protocol core {core}")
+    print(f"mxpress: {load.workers} worker(s) {pinned}, {python}, hot path {core}")
     print(
         "| relay | messages | submitted msgs/s | end-to-end msgs/s | 250→delivered p50 ms "
         "| p99 ms | machine CPU µs/msg |"
