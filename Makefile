@@ -14,6 +14,12 @@ COMPILED_SOURCES := $(shell awk -F'"' '/^\[tool.mxpress.compiled\]/ {on = 1} \
 
 .PHONY: run demo test test-pure native lint typecheck bench bench-wan clean
 
+# The compiled modules and their record, wherever a build left them.
+define remove-compiled
+	find src/mxpress -name '*.so' -delete
+	rm -f src/mxpress/_compiled_sources.json src/mxpress/protocol/_compiled_sources.json
+endef
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -22,8 +28,7 @@ $(STAMP): pyproject.toml
 
 # --force: all recompiled, none left from an older build.
 $(NATIVE): $(STAMP) setup.py $(COMPILED_SOURCES)
-	find src/mxpress -name '*.so' -delete
-	rm -f src/mxpress/_compiled_sources.json src/mxpress/protocol/_compiled_sources.json
+	$(remove-compiled)
 	$(PY) setup.py -q build_ext --inplace --force || { echo "make: compiling the listed \
 	modules failed: it needs a C compiler and the Python headers (Debian: apt install gcc \
 	python3-dev); MXPRESS_COMPILE=0 make clean $(MAKECMDGOALS) builds pure Python" >&2; exit 1; }
@@ -62,4 +67,4 @@ bench-wan: $(NATIVE)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build
-	rm -f src/mxpress/protocol/*.so src/mxpress/protocol/_compiled_sources.json
+	$(remove-compiled)
