@@ -17,8 +17,10 @@ from collections.abc import Collection
 from mxpress.errors import ConfigError
 
 
-def supported() -> bool:
-    return hasattr(os, "sched_setaffinity")
+def check_supported() -> None:
+    """Raise ConfigError where the platform cannot pin a thread to a CPU."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError("server.cpu_affinity: not supported on this platform")
 
 
 def cpu_for(worker: int, allowed: Collection[int]) -> int:
@@ -32,8 +34,7 @@ def cpu_for(worker: int, allowed: Collection[int]) -> int:
 def pin_worker(worker: int) -> int:
     """Pin the calling thread to worker `worker`'s CPU and return it. Call it before
     the worker starts any thread: threads inherit their creator's affinity."""
-    if not supported():
-        raise ConfigError("server.cpu_affinity: not supported on this platform")
+    check_supported()
     cpu = cpu_for(worker, os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     return cpu

@@ -234,8 +234,8 @@ def _positive(value: float, key: str) -> None:
 def _check(s: Settings) -> None:
     if not 1 <= s.server.workers <= MAX_WORKERS:
         raise ConfigError(f"server.workers: 1-{MAX_WORKERS}, got {s.server.workers!r}")
-    if s.server.cpu_affinity and not affinity.supported():
-        raise ConfigError("server.cpu_affinity: not supported on this platform")
+    if s.server.cpu_affinity:
+        affinity.check_supported()
     parse_listen(s.submission.listen, "submission.listen")
     parse_listen(s.http.listen, "http.listen")
     if (s.submission.tls_cert is None) != (s.submission.tls_key is None):
