@@ -176,10 +176,14 @@ poll_interval = 0.05
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
+                # The greeting, not only the connect: the workers' shared socket takes
+                # connections before they accept them.
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:
+                    if probe.recv(512).startswith(b"220"):
+                        break
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         submit, total, cpu = measure(sink, port, load)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -32,7 +32,7 @@ class ServerSettings:
     hostname: str = "localhost"  # our name in EHLO, Received and bounces
     data_dir: str = "var"
     # Relay processes: one per core is the most it can use (each has its own queue file
-    # in data_dir, and they share the SMTP port with SO_REUSEPORT). 1: one process.
+    # in data_dir; they accept on one shared SMTP socket). 1: one process.
     workers: int = 1
     # Pin worker i to the i-th CPU it may use (all its threads): see affinity.py.
     cpu_affinity: bool = False

@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ from mxpress.queue.retry import RetryPolicy
 from mxpress.queue.sharded import ShardedQueue, shard_path, shards
 from mxpress.queue.sqlite import SQLiteQueue
 from mxpress.queue.store import AttemptOutcome, NewMessage, QueuedMessage
+from mxpress.server.balance import Balancer, HandoffFds
 from mxpress.server.submission import Submission, SubmissionServer
 
 logger = logging.getLogger(__name__)
@@ -283,13 +285,21 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def build_relay(settings: Settings, worker: int = 0) -> Relay:
+def build_relay(
+    settings: Settings,
+    worker: int = 0,
+    *,
+    listener: socket.socket | None = None,
+    handoff: HandoffFds | None = None,
+) -> Relay:
     """Everything `mxpress serve` runs, built from settings (no I/O until start()).
 
     With `server.workers` > 1 this is one worker process of several (see
-    supervisor.py): it owns one queue file, shares the SMTP port with the others
-    (SO_REUSEPORT) and delivers what it accepted; worker 0 also runs the HTTP API and
-    the profiling listener, over a view of every worker's queue file."""
+    supervisor.py): it owns one queue file, serves SMTP on `listener` (the supervisor's
+    listening socket, shared with the others), passes connections to less busy workers
+    over `handoff` (server/balance.py) and delivers what it accepted; worker 0 also runs
+    the HTTP API and the profiling listener, over a view of every worker's queue file.
+    Without `listener` it binds submission.listen itself."""
     data = settings.data_path
     workers = settings.server.workers
     if not 0 <= worker < workers:
@@ -378,7 +388,8 @@ def build_relay(settings: Settings, worker: int = 0) -> Relay:
             max_message_size=sub.max_message_size,
             max_recipients=sub.max_recipients,
             hostname=settings.server.hostname,
-            reuse_port=workers > 1,
+            sock=listener,
+            balance=None if handoff is None else Balancer(worker, handoff),
         )
     if settings.http.enabled and worker == 0:
         with contextlib.suppress(ImportError):  # the HTTP API needs starlette + uvicorn

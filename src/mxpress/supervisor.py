@@ -2,9 +2,15 @@
 process watching them (like Postfix's master, much smaller).
 
 Why processes: one relay process is bound by one core (the GIL); N workers use N. Each
-worker is a whole relay on its own queue file (queue.sqlite3, queue.1.sqlite3, ...):
-the workers share the SMTP port (SO_REUSEPORT, the kernel spreads the connections), and
-each delivers what it accepted, so no message is ever handed between processes.
+worker is a whole relay on its own queue file (queue.sqlite3, queue.1.sqlite3, ...),
+and each delivers what it accepted, so no message is ever handed between processes.
+
+The workers share one listening socket, made here and inherited (`listeners`): the
+worker that is free first takes the next connection, and one that holds more than its
+share passes new ones on before greeting them (`handoff`, server/balance.py). A worker
+that dies leaves the connections waiting to be accepted to the others (with
+SO_REUSEPORT the kernel would reset those in its own queue). This process closes its
+copy of the socket when it stops, so that new connections are refused, not left waiting.
 
 - SIGTERM / SIGINT here is passed on: every worker stops gracefully, then this exits.
 - A worker that exits on its own (crash, OOM kill) is started again after a short pause,
@@ -12,8 +18,6 @@ each delivers what it accepted, so no message is ever handed between processes.
   its queue file (at least once, never zero times). A worker that keeps dying
   (`max_failures` times within `failure_window` seconds: a port taken, a disk gone) stops
   the relay with exit status 1: that needs the operator, not another restart.
-- A worker that dies takes the connections in its accept queue with it (the kernel
-  resets them) unless net.ipv4.tcp_migrate_req = 1: the start says so when it is 0.
 - Each worker's stdin is a pipe from here that nothing is written to: if this process
   is killed (SIGKILL, OOM), the workers read EOF and exit at once; their leases are
   voided by the next run (at least once, never zero times).
@@ -23,17 +27,17 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
-logger = logging.getLogger(__name__)
+from mxpress.server.balance import Handoff
 
-MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,25 +57,27 @@ class _Worker:
     deaths: deque[float] = field(default_factory=deque)  # monotonic times
 
 
-def migrate_hint(path: Path = MIGRATE_REQ) -> str | None:
-    """Advice if the kernel would reset the connections waiting in the accept queue of a
-    worker that dies, when it could hand them to another worker (Linux 5.14+)."""
-    try:
-        value = path.read_text().strip()
-    except OSError:  # not Linux, or older than 5.14: nothing to set
-        return None
-    if value != "0":
-        return None
-    return (
-        "net.ipv4.tcp_migrate_req is 0: connections waiting at a worker that dies are "
-        "reset; `sysctl -w net.ipv4.tcp_migrate_req=1` hands them to another worker"
-    )
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The SMTP port, bound once here for every worker to accept on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=100)
 
 
-def run_workers(argv: Sequence[str], workers: int, policy: RestartPolicy | None = None) -> int:
+def run_workers(
+    argv: Sequence[str],
+    workers: int,
+    policy: RestartPolicy | None = None,
+    *,
+    listeners: Sequence[socket.socket] = (),
+    handoff: Handoff | None = None,
+) -> int:
     """Run `argv + ["--worker", i]` for i in range(workers) until they end; returns
-    this command's exit status."""
+    this command's exit status. Every worker inherits `listeners` and `handoff`'s
+    descriptors (same numbers); the listeners are closed here once stopping."""
     policy = policy if policy is not None else RestartPolicy()
+    fds = tuple(sock.fileno() for sock in listeners)
+    if handoff is not None:
+        fds += handoff.fds.fds()
     slots = [_Worker(i) for i in range(workers)]
     stopping = 0  # the signal passed on, once stopping
     failed = False
@@ -79,12 +85,20 @@ def run_workers(argv: Sequence[str], workers: int, policy: RestartPolicy | None 
     def stop_all(signum: int, _frame: FrameType | None = None) -> None:
         nonlocal stopping
         stopping = stopping or signum
+        for sock in listeners:
+            sock.close()
         for slot in slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signum)
 
     def start(slot: _Worker) -> None:
-        slot.proc = subprocess.Popen([*argv, "--worker", str(slot.index)], stdin=subprocess.PIPE)
+        slot.proc = subprocess.Popen(
+            [*argv, "--worker", str(slot.index)], stdin=subprocess.PIPE, pass_fds=fds
+        )
+
+    def died(slot: _Worker) -> None:
+        if handoff is not None:  # nothing more is passed to it until it is back
+            handoff.mark_dead(slot.index)
 
     previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -95,13 +109,11 @@ def run_workers(argv: Sequence[str], workers: int, policy: RestartPolicy | None 
             workers,
             [slot.proc.pid for slot in slots if slot.proc is not None],
         )
-        if (hint := migrate_hint()) is not None:
-            logger.info("mxpress supervisor: %s", hint)
         while True:
             if stopping:  # wait for the workers; a restart still pending is dropped
                 if all(slot.proc is None or slot.proc.poll() is not None for slot in slots):
                     break
-            elif _watch(slots, policy, start):
+            elif _watch(slots, policy, start, died):
                 failed = True
                 stop_all(signal.SIGTERM)
             time.sleep(0.1)
@@ -116,7 +128,12 @@ def run_workers(argv: Sequence[str], workers: int, policy: RestartPolicy | None 
     return 1 if failed or bad else 0
 
 
-def _watch(slots: list[_Worker], policy: RestartPolicy, start: Callable[[_Worker], None]) -> bool:
+def _watch(
+    slots: list[_Worker],
+    policy: RestartPolicy,
+    start: Callable[[_Worker], None],
+    died: Callable[[_Worker], None],
+) -> bool:
     """One look at the workers: schedule restarts of the dead, start those due.
     True if one has died too often (the relay must stop)."""
     now = time.monotonic()
@@ -129,6 +146,7 @@ def _watch(slots: list[_Worker], policy: RestartPolicy, start: Callable[[_Worker
             continue
         if proc.poll() is None:
             continue
+        died(slot)
         slot.deaths.append(now)
         while slot.deaths and now - slot.deaths[0] > policy.failure_window:
             slot.deaths.popleft()

@@ -130,6 +130,7 @@ async def test_metrics_after_a_burst_match_what_was_sent(
     assert 0 <= total(s, "mxpress_queue_counts_age_seconds") < 5
     # Live state of the other parts.
     assert total(s, "mxpress_smtp_connections_total") >= 1
+    assert total(s, "mxpress_smtp_connections_passed_on_total") == 0  # one process
     assert total(s, "mxpress_deliveries_in_flight") == 0
     assert total(s, "mxpress_pool_waiting") == 0
     assert total(s, "mxpress_delivery_log_records_total") == sent

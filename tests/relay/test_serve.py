@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import smtplib
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -295,6 +296,69 @@ def test_pinned_workers_each_on_a_cpu_of_its_own(
             serve.proc.kill()
 
 
+def test_a_burst_of_connections_is_shared_by_the_workers(
+    tmp_path: Path, sink: tuple[AiosmtpdServer, RecordingHandler]
+) -> None:
+    """20 connections opened at once, like a client's pool: uvloop accepts all that wait
+    in one go, so without the hand-off (server/balance.py) the worker that woke first
+    kept all 20. Each then sends one message while all are open: the queue file it
+    lands in tells which worker holds the connection."""
+    server, handler = sink
+    port, http_port = free_port(), free_port()
+    serve = ServeProcess(write_config(tmp_path, server, port, workers=2, http_port=http_port), port)
+    serve.start()
+    assert serve.proc is not None
+    try:
+        for pid in children_of(serve.proc.pid):
+            wait_accepting(pid)
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+        files = [client.makefile("rb") for client in clients]
+        for file in files:
+            assert file.readline().startswith(b"220 relay.test ")
+        for n, (client, file) in enumerate(zip(clients, files, strict=True)):
+            for line in (
+                b"EHLO client.test",
+                b"MAIL FROM:<app@x.test>",
+                b"RCPT TO:<user@example.test>",
+                b"DATA",
+            ):
+                client.sendall(line + b"\r\n")
+                while (reply := file.readline())[3:4] == b"-":
+                    pass
+                assert reply[:1] in (b"2", b"3"), reply
+            client.sendall(message(n) + b".\r\n")
+            assert file.readline().startswith(b"250 "), n
+        counts = [len(stored_ids(tmp_path / "var" / name)) for name in QUEUE_FILES]
+        assert sum(counts) == 20 and min(counts) >= 8, counts
+        for client, file in zip(clients, files, strict=True):
+            client.sendall(b"QUIT\r\n")
+            assert file.readline().startswith(b"221 ")
+            file.close()
+            client.close()
+        handler.wait_for_messages(20, timeout=30)
+        # Both workers' counts in /metrics (worker 0): what one passed, the other took.
+        deadline = time.monotonic() + 10
+        while True:
+            text = httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
+            passed, taken = (
+                sum(
+                    s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                    if s.name == f"mxpress_smtp_connections_{name}_total"
+                )
+                for name in ("passed_on", "taken_in")
+            )
+            if passed == taken >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert passed == taken >= 1, (passed, taken)
+        assert serve.signal(signal.SIGTERM) == 0
+    finally:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+
+
 def check_pinned(serve: ServeProcess, allowed: set[int]) -> None:
     """Every thread of worker i runs on the i-th allowed CPU only; the supervisor is free.
     A worker pins itself early in its start: until then it shows every allowed CPU."""
@@ -337,8 +401,8 @@ def check_workers(
     serve: ServeProcess, port: int, http_port: int, data: Path, handler: RecordingHandler
 ) -> None:
     # serve.start() saw one worker answer; the other may still be starting, and until it
-    # listens the kernel gives every connection to the first. So: batches of 20 until both
-    # hold messages (once both listen, all on one: 2 in 2**20 per batch).
+    # polls the shared SMTP socket the first accepts every connection. So: batches of 20
+    # until both queue files hold messages.
     ids: list[str] = []
     stored: dict[str, set[str]] = {}
     while len(ids) < 200 and not all(stored.get(name) for name in QUEUE_FILES):
@@ -421,21 +485,31 @@ def test_a_worker_that_dies_is_started_again(
             assert time.monotonic() < deadline, f"no new worker: {now}"
             time.sleep(0.05)
         assert workers[0] in now  # the other worker was not touched
-        wait_listeners(port, 2)  # the new worker has bound the shared SMTP port
+        (new,) = set(now) - set(workers)
+        wait_accepting(new)  # the new worker accepts on the shared SMTP socket
         check_workers(serve, port, http_port, tmp_path / "var", handler)
     finally:
         if serve.proc.poll() is None:
             serve.proc.kill()
 
 
-def wait_listeners(port: int, count: int, timeout: float = 20) -> None:
-    """Wait until `count` sockets listen on 127.0.0.1:`port` (SO_REUSEPORT)."""
-    local = f"0100007F:{port:04X}"
+def wait_accepting(pid: int, timeout: float = 20) -> None:
+    """Wait until worker `pid` polls the SMTP socket it inherited (--listen-fd N): its
+    epoll set (in /proc/PID/fdinfo) then holds descriptor N."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-        listening = sum(1 for row in rows if row[1] == local and row[3] == "0A")
-        if listening >= count:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        fd = int(argv[argv.index(b"--listen-fd") + 1]) if b"--listen-fd" in argv else -1
+        polled = set()  # (before its exec, the process is still the supervisor's fork)
+        for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+            try:
+                text = info.read_text()
+            except OSError:  # closed meanwhile
+                continue
+            polled |= {
+                int(line.split()[1]) for line in text.splitlines() if line.startswith("tfd:")
+            }
+        if fd in polled:
             return
-        assert time.monotonic() < deadline, f"{listening} listeners on {port}, not {count}"
+        assert time.monotonic() < deadline, f"worker {pid} does not poll fd {fd}: {polled}"
         time.sleep(0.05)

@@ -6,12 +6,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
-from mxpress.supervisor import RestartPolicy, migrate_hint, run_workers
+import pytest
+
+from mxpress.server.balance import UNAVAILABLE, Handoff
+from mxpress.supervisor import RestartPolicy, listening_socket, run_workers
 
 
 def worker_argv(code: str) -> list[str]:
@@ -86,11 +90,55 @@ def stop_when_started(log: Path, worker_1_starts: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_the_hint_about_connections_waiting_at_a_dying_worker(tmp_path: Path) -> None:
-    setting = tmp_path / "tcp_migrate_req"
-    setting.write_text("0\n")
-    hint = migrate_hint(setting)
-    assert hint is not None and "sysctl -w net.ipv4.tcp_migrate_req=1" in hint
-    setting.write_text("1\n")
-    assert migrate_hint(setting) is None
-    assert migrate_hint(tmp_path / "absent") is None  # not Linux, or older than 5.14
+def test_a_dead_worker_is_marked_so_that_nothing_is_passed_to_it(tmp_path: Path) -> None:
+    """Each stand-in worker says on the hand-off board that it holds 0 connections
+    (through the descriptors it inherited); worker 1 then dies, and stays dead (restart
+    in 30 s). The supervisor marks it, so that worker 0 passes it nothing."""
+    log = tmp_path / "log"
+    handoff = Handoff(2)
+    ready = (
+        "import sys\n"
+        "from mxpress.server.balance import Board, HandoffFds\n"
+        f"Board(HandoffFds.from_arg({handoff.fds.to_arg()!r}).board, 2)"
+        ".set_held(int(sys.argv[-1]), 0)\n"
+    )
+    code = ready + worker_code(log, "sys.exit(3)")
+    policy = RestartPolicy(delay=30, max_failures=3, failure_window=60)
+    stopper = threading.Thread(target=stop_when_started, args=(log, 1))
+    stopper.start()
+    try:
+        assert run_workers(worker_argv(code), 2, policy, handoff=handoff) == 0
+        stopper.join()
+        assert handoff.board.held(0) == 0  # alive: as it said
+        assert handoff.board.held(1) == UNAVAILABLE
+    finally:
+        handoff.close()
+
+
+def test_workers_accept_on_the_shared_socket_and_a_stop_closes_it() -> None:
+    listener = listening_socket("127.0.0.1", 0)
+    port, fd = listener.getsockname()[1], listener.fileno()
+    # A stand-in worker answers each connection with its index, on the inherited socket.
+    code = (
+        "import socket, sys\n"
+        f"s = socket.socket(fileno={fd})\n"
+        "while True:\n"
+        "    c, _ = s.accept(); c.sendall(sys.argv[-1].encode()); c.close()\n"
+    )
+    answers: list[bytes] = []
+
+    def ask_then_stop() -> None:
+        for _ in range(6):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                answers.append(conn.recv(16))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    asker = threading.Thread(target=ask_then_stop)
+    asker.start()
+    status = run_workers(worker_argv(code), 2, listeners=[listener])
+    asker.join()
+    assert status == 0
+    assert len(answers) == 6 and set(answers) <= {b"0", b"1"}, answers
+    assert listener.fileno() == -1  # the supervisor's copy is closed...
+    with pytest.raises(ConnectionRefusedError):  # ... and the workers' went with them
+        socket.create_connection(("127.0.0.1", port), timeout=10)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import sys
 
 import click
 
 from mxpress import affinity, app
-from mxpress.config import load_settings
+from mxpress.config import load_settings, parse_listen
 from mxpress.errors import MxpressError
 from mxpress.relay import build_relay
-from mxpress.supervisor import run_workers
+from mxpress.server.balance import Handoff, HandoffFds
+from mxpress.supervisor import listening_socket, run_workers
 
 
 @click.command(name="serve")
@@ -34,9 +36,17 @@ from mxpress.supervisor import run_workers
     help="Serve on-demand profiles at http://127.0.0.1:PORT/profile?seconds=N&format=html "
     "(local only, no auth; overrides observe.profile_port).",
 )
-@click.option("--worker", type=int, default=None, hidden=True)  # set by the supervisor
+# Set by the supervisor: which worker this is, the shared SMTP socket, the hand-off's.
+@click.option("--worker", type=int, default=None, hidden=True)
+@click.option("--listen-fd", type=int, default=None, hidden=True)
+@click.option("--handoff", default=None, hidden=True)
 def serve_command(
-    config: str | None, log_level: str, profile_port: int | None, worker: int | None
+    config: str | None,
+    log_level: str,
+    profile_port: int | None,
+    worker: int | None,
+    listen_fd: int | None,
+    handoff: str | None,
 ) -> None:
     """Run the relay until SIGTERM/SIGINT, then stop gracefully."""
     logging.basicConfig(
@@ -53,11 +63,21 @@ def serve_command(
                 argv += ["--config", config]
             if profile_port is not None:
                 argv += ["--profile-port", str(profile_port)]
-            sys.exit(run_workers(argv, settings.server.workers))
+            listeners, shared = [], None
+            if settings.submission.enabled:
+                host, port = parse_listen(settings.submission.listen, "submission.listen")
+                listeners.append(listening_socket(host, port))
+                shared = Handoff(settings.server.workers)
+                argv += ["--listen-fd", str(listeners[0].fileno())]
+                argv += ["--handoff", shared.fds.to_arg()]
+            workers = settings.server.workers
+            sys.exit(run_workers(argv, workers, listeners=listeners, handoff=shared))
         if settings.server.cpu_affinity:  # before any thread starts: they inherit it
             cpu = affinity.pin_worker(worker or 0)
             logging.getLogger(__name__).info("worker %d pinned to CPU %d", worker or 0, cpu)
-        relay = build_relay(settings, worker or 0)
+        listener = None if listen_fd is None else socket.socket(fileno=listen_fd)
+        fds = None if handoff is None else HandoffFds.from_arg(handoff)
+        relay = build_relay(settings, worker or 0, listener=listener, handoff=fds)
         app.run(relay.serve(supervised=worker is not None))
     except (MxpressError, OSError) as exc:
         click.echo(f"mxpress serve: {exc}", err=True)

@@ -349,6 +349,16 @@ def _submission_metrics(stats: SubmissionStats) -> Iterable[Metric]:
     yield _gauge(
         "mxpress_smtp_connections_active", "SMTP submission connections open", stats.active
     )
+    yield _counter(
+        "mxpress_smtp_connections_passed_on",
+        "SMTP connections accepted, then passed to a less busy worker before the greeting",
+        stats.passed_on,
+    )
+    yield _counter(
+        "mxpress_smtp_connections_taken_in",
+        "SMTP connections another worker accepted and passed here",
+        stats.taken_in,
+    )
     yield _labelled(
         CounterMetricFamily(
             "mxpress_smtp_rejected", "SMTP submission refusals by reason", labels=["reason"]

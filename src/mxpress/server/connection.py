@@ -339,6 +339,10 @@ class SubmissionConnection(asyncio.Protocol):
         machine.shutdown(SHUTDOWN_REPLY)
         self._flush()
 
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._transport
+
     def abort(self) -> None:
         self._closing = True
         if self._transport is not None:

@@ -36,6 +36,7 @@ from mxpress.errors import ConfigError
 from mxpress.protocol.server_checks import RejectReason
 from mxpress.protocol.server_events import ServerConfig
 from mxpress.security.passwords import ScryptHash, parse_hash, verify_password
+from mxpress.server.balance import Balancer
 from mxpress.server.connection import SubmissionConnection, Transaction
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ _DUMMY_HASH = (
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Arriving = asyncio.Task[tuple[asyncio.Transport, SubmissionConnection]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +75,10 @@ Accept = Callable[[Submission], Awaitable[str]]
 class SubmissionStats:
     """A snapshot of the listener's counters since start()."""
 
-    connections: int = 0  # accepted TCP connections
+    connections: int = 0  # TCP connections served here (accepted, or taken in)
     active: int = 0  # open now
+    passed_on: int = 0  # accepted, then passed to another worker (server/balance.py)
+    taken_in: int = 0  # passed here by another worker
     messages: int = 0  # stored by the queue (accept returned)
     rejected: Mapping[str, int] = field(default_factory=dict)  # RejectReason -> count
 
@@ -130,10 +134,13 @@ class SubmissionServer:
         max_auth_failures: int = 3,
         max_concurrent_auth: int = 2,
         timeout: float = 300.0,
-        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        balance: Balancer | None = None,
     ) -> None:
-        """reuse_port: bind with SO_REUSEPORT, so that the relay's worker processes all
-        listen on one port and the kernel spreads the connections over them."""
+        """sock: a listening socket to serve on instead of binding host:port (the relay's
+        workers share one, made by the supervisor). balance: pass new connections to
+        the worker holding the fewest (server/balance.py); not with implicit TLS, whose
+        handshake comes before anything could be passed on."""
         if implicit_tls and tls_context is None:
             raise ConfigError("implicit_tls needs a tls_context (certificate and key)")
         for name, value in (
@@ -174,7 +181,11 @@ class SubmissionServer:
         self.require_tls_for_auth = require_tls_for_auth
         self.max_auth_failures = max_auth_failures
         self.timeout = timeout
-        self.reuse_port = reuse_port
+        self._sock = sock
+        self._balance = None if implicit_tls else balance
+        self._arrivals: set[SubmissionConnection] = set()  # passed here: never passed again
+        self._unopened = 0  # connections made (accepted), not yet opened
+        self._arriving: set[_Arriving] = set()
         # scrypt takes 16 MiB and ~50 ms a try: bound how many run at once.
         self._auth_slots = asyncio.Semaphore(max_concurrent_auth)
         self._dummy = parse_hash(_DUMMY_HASH)
@@ -196,15 +207,17 @@ class SubmissionServer:
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("SubmissionServer.start() called twice")
-        starttls = None if self.implicit_tls else self.tls_context
-        config, implicit = self._config, self.implicit_tls
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: SubmissionConnection(self, config, starttls=starttls, implicit_tls=implicit),
-            self.host,
-            self._port,
-            ssl=self.tls_context if self.implicit_tls else None,
-            reuse_port=self.reuse_port or None,
-        )
+        if self._balance is not None:
+            await self._balance.join(self._arrived)
+        loop = asyncio.get_running_loop()
+        tls = self.tls_context if self.implicit_tls else None
+        if self._sock is not None:
+            self._server = await loop.create_server(self._new_connection, sock=self._sock, ssl=tls)
+            self.host = self._sock.getsockname()[0]
+        else:
+            self._server = await loop.create_server(
+                self._new_connection, self.host, self._port, ssl=tls
+            )
         self._port = self._server.sockets[0].getsockname()[1]
         logger.info("submission: listening on %s:%d", self.host, self._port)
 
@@ -217,6 +230,8 @@ class SubmissionServer:
         if self._server is None or self._stopping:
             return
         self._stopping = True
+        if self._balance is not None:
+            self._balance.stop()
         self._server.close()  # the listening socket: new connections are refused
         for conn in list(self._connections):
             conn.close_if_idle()
@@ -234,6 +249,47 @@ class SubmissionServer:
             for future in list(self._accepting):
                 future.cancel()
         await self._server.wait_closed()
+
+    def _new_connection(self) -> SubmissionConnection:
+        """The protocol of a connection accepted here."""
+        if self._balance is not None:
+            # Counted from here, not from opened(): uvloop makes the protocols of all the
+            # connections waiting in one go, and only then opens them, while the other
+            # worker reads the board.
+            self._count_unopened()
+        return self._connection()
+
+    def _connection(self) -> SubmissionConnection:
+        return SubmissionConnection(
+            self,
+            self._config,
+            starttls=None if self.implicit_tls else self.tls_context,
+            implicit_tls=self.implicit_tls,
+        )
+
+    def _count_unopened(self) -> None:
+        assert self._balance is not None
+        self._unopened += 1
+        self._balance.held(len(self._connections) + self._unopened)
+
+    def _arrived(self, sock: socket.socket) -> None:
+        """A connection another worker accepted and passed here, not yet greeted."""
+        self._count_unopened()  # before the board says it is no longer on its way
+
+        def new_connection() -> SubmissionConnection:
+            conn = self._connection()
+            self._arrivals.add(conn)
+            return conn
+
+        loop = asyncio.get_running_loop()
+        future = loop.create_task(loop.connect_accepted_socket(new_connection, sock))
+        self._arriving.add(future)
+        future.add_done_callback(self._arrival_done)
+
+    def _arrival_done(self, future: _Arriving) -> None:
+        self._arriving.discard(future)
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            logger.warning("submission: a connection passed here failed: %s", exc)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -254,9 +310,12 @@ class SubmissionServer:
 
     @property
     def stats(self) -> SubmissionStats:
+        balance = self._balance
         return SubmissionStats(
             connections=self._connection_count,
             active=len(self._connections),
+            passed_on=balance.passed if balance is not None else 0,
+            taken_in=balance.taken if balance is not None else 0,
             messages=self._messages,
             rejected=dict(self._rejected),
         )
@@ -348,13 +407,41 @@ class SubmissionServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def opened(self, conn: SubmissionConnection) -> None:
+        balance = self._balance
+        if balance is not None:
+            self._unopened = max(self._unopened - 1, 0)
+            if conn in self._arrivals:
+                self._arrivals.discard(conn)
+            elif not self._stopping and self._passed_on(balance, conn):
+                balance.held(len(self._connections) + self._unopened)
+                return
         self._connection_count += 1
         self._connections.add(conn)
+        if balance is not None:
+            balance.held(len(self._connections) + self._unopened)
         if self._stopping:  # accepted just before the socket closed
             conn.close_if_idle()
 
+    def _passed_on(self, balance: Balancer, conn: SubmissionConnection) -> bool:
+        """Before the greeting: hand the connection to a less busy worker if there is
+        one (then this copy of the socket is closed; the other worker's stays open)."""
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        holding = len(self._connections) + self._unopened + 1
+        if sock is None or not balance.pass_on(sock, holding):
+            return False
+        conn.abort()
+        return True
+
     def closed(self, conn: SubmissionConnection) -> None:
         self._connections.discard(conn)
+        if self._balance is not None:
+            self._arrivals.discard(conn)
+            if not self._connections:
+                # A protocol made but never opened (the loop failed the accept) would
+                # stay counted: it goes when nothing is held.
+                self._unopened = 0
+            self._balance.held(len(self._connections) + self._unopened)
         self._check_drained()
 
     def _check_drained(self) -> None:
