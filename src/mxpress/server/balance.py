@@ -161,7 +161,8 @@ class Balancer:
             await asyncio.sleep(0.01)
 
     def stop(self) -> None:
-        """No more connections passed here; those already in the inbox are served."""
+        """No more connections passed here. Any already in the inbox wait there (the
+        supervisor keeps it open) for a worker started in this one's place."""
         self.board.set_held(self.index, UNAVAILABLE)
         if self._loop is not None:
             self._loop.remove_reader(self._inbox.fileno())
