@@ -14,7 +14,15 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from mxpress.server import Submission, SubmissionServer
-from mxpress.server.balance import GAP, UNAVAILABLE, Balancer, Handoff, HandoffFds
+from mxpress.server.balance import (
+    GAP,
+    LONG_LIVED,
+    SHORT_CLOSES,
+    UNAVAILABLE,
+    Balancer,
+    Handoff,
+    HandoffFds,
+)
 
 HOST = "127.0.0.1"
 
@@ -147,25 +155,25 @@ async def test_a_full_inbox_keeps_the_connection_here(handoff: Handoff) -> None:
     handoff.board.set_held(1, 0)  # w1 "holds nothing" but never reads its inbox
     sent = 0
     with socket.socket() as spare:
-        while w0.pass_on(spare, holding=10_000):
+        while w0.pass_on(spare, holding=10_000, now=0.0):
             sent += 1
             assert sent < 100_000
     assert sent > 0 and w0.passed == sent
-    assert w0.target(holding=10_000) == 1  # still the less busy one: only the send failed
+    assert w0.target(holding=10_000, now=0.0) == 1  # still less busy: only the send failed
     w0.close()
 
 
 def test_the_target_counts_what_is_on_its_way(handoff: Handoff) -> None:
     w0 = Balancer(0, handoff.fds)
     handoff.board.set_held(1, 3)
-    assert w0.target(holding=3 + GAP - 1) is None  # within GAP - 1 of each other: stays
-    assert w0.target(holding=3 + GAP) == 1
+    assert w0.target(holding=3 + GAP - 1, now=0.0) is None  # within GAP - 1 of each other: stays
+    assert w0.target(holding=3 + GAP, now=0.0) == 1
     w0._sent[1] += 2  # two sent, not yet taken in by w1: it counts as holding 5
-    assert w0.target(holding=3 + GAP) is None
-    assert w0.target(holding=5 + GAP) == 1
+    assert w0.target(holding=3 + GAP, now=0.0) is None
+    assert w0.target(holding=5 + GAP, now=0.0) == 1
     handoff.board.count_received(1, 0)
     handoff.board.count_received(1, 0)  # taken in: held tells the rest
-    assert w0.target(holding=3 + GAP) == 1
+    assert w0.target(holding=3 + GAP, now=0.0) == 1
     w0.close()
 
 
@@ -194,3 +202,29 @@ async def test_a_worker_starts_accepting_once_the_others_have_joined(
     assert "workers [1] not started after 0.3 s" in caplog.text
     for balancer in (w0, w1):
         balancer.close()
+
+
+def test_short_connections_that_close_often_are_not_passed(handoff: Handoff) -> None:
+    """A pass costs CPU in both workers; an imbalance of one-message connections is gone
+    in milliseconds, so they are left where they were accepted."""
+    w0 = Balancer(0, handoff.fds)
+    handoff.board.set_held(1, 0)
+    assert w0.target(holding=GAP, now=100.0) == 1  # nothing closed yet: passed
+    w0.lasted(0.002, now=100.0)  # a health check's probe: one close is not a pattern
+    assert w0.target(holding=GAP, now=100.0) == 1
+    for i in range(SHORT_CLOSES):
+        w0.lasted(0.005, now=100.0 + i / 1000)
+    now = 100.0 + SHORT_CLOSES / 1000
+    assert w0.short_lived(now) and w0.target(holding=GAP, now=now) is None
+    # When they stop closing for a while, a new burst may be a pool's: passed again.
+    assert w0.target(holding=GAP, now=now + 4 * LONG_LIVED) == 1
+    w0.close()
+
+
+def test_connections_that_last_are_passed_however_often_they_close(handoff: Handoff) -> None:
+    w0 = Balancer(0, handoff.fds)
+    handoff.board.set_held(1, 0)
+    for i in range(5 * SHORT_CLOSES):
+        w0.lasted(30.0, now=100.0 + i / 1000)  # a pool's connections, closing after 30 s
+    assert not w0.short_lived(100.1) and w0.target(holding=GAP, now=100.1) == 1
+    w0.close()

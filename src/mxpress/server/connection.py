@@ -99,6 +99,7 @@ class SubmissionConnection(asyncio.Protocol):
         self._handshaking = False  # STARTTLS accepted, start_tls() not returned yet
         self._eof = False  # the client half-closed
         self._closing = False
+        self.opened_at = 0.0  # time.monotonic(), set by the listener if it wants it
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 

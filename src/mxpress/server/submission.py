@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -418,6 +419,7 @@ class SubmissionServer:
         self._connection_count += 1
         self._connections.add(conn)
         if balance is not None:
+            conn.opened_at = time.monotonic()
             balance.held(len(self._connections) + self._unopened)
         if self._stopping:  # accepted just before the socket closed
             conn.close_if_idle()
@@ -428,20 +430,24 @@ class SubmissionServer:
         transport = conn.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         holding = len(self._connections) + self._unopened + 1
-        if sock is None or not balance.pass_on(sock, holding):
+        if sock is None or not balance.pass_on(sock, holding, time.monotonic()):
             return False
         conn.abort()
         return True
 
     def closed(self, conn: SubmissionConnection) -> None:
+        balance = self._balance
+        if balance is not None and conn in self._connections:
+            now = time.monotonic()
+            balance.lasted(now - conn.opened_at, now)
         self._connections.discard(conn)
-        if self._balance is not None:
+        if balance is not None:
             self._arrivals.discard(conn)
             if not self._connections:
                 # A protocol made but never opened (the loop failed the accept) would
                 # stay counted: it goes when nothing is held.
                 self._unopened = 0
-            self._balance.held(len(self._connections) + self._unopened)
+            balance.held(len(self._connections) + self._unopened)
         self._check_drained()
 
     def _check_drained(self) -> None:
