@@ -57,10 +57,11 @@ class _Worker:
     deaths: deque[float] = field(default_factory=deque)  # monotonic times
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The SMTP port, bound once here for every worker to accept on."""
+def listening_socket(host: str, port: int, workers: int = 1) -> socket.socket:
+    """The SMTP port, bound once here for every worker to accept on. Its queue of
+    connections not yet accepted holds 100 per worker (asyncio's default for one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=100)
+    return socket.create_server((host, port), family=family, backlog=100 * workers)
 
 
 def run_workers(

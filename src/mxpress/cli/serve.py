@@ -57,20 +57,20 @@ def serve_command(
         if profile_port is not None:
             observe = dataclasses.replace(settings.observe, profile_port=profile_port)
             settings = dataclasses.replace(settings, observe=observe)
-        if worker is None and settings.server.workers > 1:
+        workers = settings.server.workers
+        if worker is None and workers > 1:
             argv = [sys.executable, "-m", "mxpress.cli", "serve", "--log-level", log_level]
             if config is not None:
                 argv += ["--config", config]
             if profile_port is not None:
                 argv += ["--profile-port", str(profile_port)]
             listeners, shared = [], None
-            if settings.submission.enabled:
+            if settings.submission.enabled:  # one socket for all, and the hand-off's parts
                 host, port = parse_listen(settings.submission.listen, "submission.listen")
-                listeners.append(listening_socket(host, port))
-                shared = Handoff(settings.server.workers)
+                listeners.append(listening_socket(host, port, workers))
+                shared = Handoff(workers)
                 argv += ["--listen-fd", str(listeners[0].fileno())]
                 argv += ["--handoff", shared.fds.to_arg()]
-            workers = settings.server.workers
             sys.exit(run_workers(argv, workers, listeners=listeners, handoff=shared))
         if settings.server.cpu_affinity:  # before any thread starts: they inherit it
             cpu = affinity.pin_worker(worker or 0)
