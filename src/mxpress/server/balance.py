@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # A worker passes a new connection on when it would hold GAP more than another (so the
 # workers stay within one of each other), if the connections here last: a pass costs
 # ~100 µs of CPU in the two workers (with a third of the connections passed, the relay
-# spent ~35 µs more per message), and an imbalance of short connections
+# spent 34-43 µs more per message), and an imbalance of short connections
 # (one message each) is gone in milliseconds, while that of a client's pool lasts as
 # long as the pool. So connections count as short-lived, and are not passed, only
 # while they close often (a decaying count of closes, halved every LONG_LIVED, of at
