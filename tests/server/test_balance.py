@@ -228,3 +228,38 @@ def test_connections_that_last_are_passed_however_often_they_close(handoff: Hand
         w0.lasted(30.0, now=100.0 + i / 1000)  # a pool's connections, closing after 30 s
     assert not w0.short_lived(100.1) and w0.target(holding=GAP, now=100.1) == 1
     w0.close()
+
+
+async def test_a_connection_sent_to_a_worker_that_died_is_served_by_the_next(
+    handoff: Handoff,
+) -> None:
+    """w1 looked free when it died (the supervisor had not marked it yet): w0 passed it a
+    connection. The inbox outlives the worker (the supervisor holds it open), so the
+    worker started in w1's place greets that client."""
+    handoff.board.set_held(1, 0)
+    listening = socket.create_server((HOST, 0))
+    idle = socket.create_server((HOST, 0))
+    balancers = [Balancer(0, handoff.fds), Balancer(1, handoff.fds)]
+    w0 = SubmissionServer(Stored(), sock=listening, balance=balancers[0], hostname="w0")
+    await w0.start()
+    port = listening.getsockname()[1]
+    clients = [await asyncio.open_connection(HOST, port) for _ in range(2)]
+    first = await clients[0][0].readline()
+    assert first.startswith(b"220 w0 ")
+    for _ in range(100):  # the second is passed once w0 holds the first
+        if w0.stats.passed_on:
+            break
+        await asyncio.sleep(0.01)
+    assert w0.stats.passed_on == 1
+    with pytest.raises(TimeoutError):  # nobody reads w1's inbox yet
+        await asyncio.wait_for(clients[1][0].readline(), 0.2)
+    w1 = SubmissionServer(Stored(), sock=idle, balance=balancers[1], hostname="w1")
+    await w1.start()  # the new w1
+    greeting = await asyncio.wait_for(clients[1][0].readline(), 5)
+    assert greeting.startswith(b"220 w1 ")
+    for _, writer in clients:
+        writer.close()
+    for server in (w0, w1):
+        await server.stop(grace=1)
+    for balancer in balancers:
+        balancer.close()
