@@ -269,8 +269,12 @@ class SubmissionServer:
         )
 
     def _count_unopened(self) -> None:
-        assert self._balance is not None
         self._unopened += 1
+        self._publish_held()
+
+    def _publish_held(self) -> None:
+        """Tell the other workers how many connections this one holds (see balance.py)."""
+        assert self._balance is not None
         self._balance.held(len(self._connections) + self._unopened)
 
     def _arrived(self, sock: socket.socket) -> None:
@@ -414,13 +418,13 @@ class SubmissionServer:
             if conn in self._arrivals:
                 self._arrivals.discard(conn)
             elif not self._stopping and self._passed_on(balance, conn):
-                balance.held(len(self._connections) + self._unopened)
+                self._publish_held()
                 return
         self._connection_count += 1
         self._connections.add(conn)
         if balance is not None:
             conn.opened_at = time.monotonic()
-            balance.held(len(self._connections) + self._unopened)
+            self._publish_held()
         if self._stopping:  # accepted just before the socket closed
             conn.close_if_idle()
 
@@ -447,7 +451,7 @@ class SubmissionServer:
                 # A protocol made but never opened (the loop failed the accept) would
                 # stay counted: it goes when nothing is held.
                 self._unopened = 0
-            balance.held(len(self._connections) + self._unopened)
+            self._publish_held()
         self._check_drained()
 
     def _check_drained(self) -> None:
