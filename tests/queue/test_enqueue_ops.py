@@ -60,3 +60,16 @@ def test_a_taken_id_is_retried_and_nothing_is_half_stored(conn: sqlite3.Connecti
     assert counts(conn) == (2, 2, 2)  # the failed attempts left no body nor recipient
     stored = reads.get(conn, first, with_data=True)
     assert stored is not None and stored.data == b"one"
+
+
+def test_lease_tokens_differ_within_and_across_generators(conn: sqlite3.Connection) -> None:
+    # A token proves who holds a lease: no two holders, in one process or two, share one.
+    first, second = IdGenerator(), IdGenerator()
+    leases = [
+        ops.enqueue_leased(conn, msg("a@example.com"), ("a@example.com",), b"x", T0, ids, 60.0)
+        for ids in (first, first, second, second)
+    ]
+    tokens = [lease.token for lease in leases]
+    assert len(set(tokens)) == 4
+    stored = {row[0] for row in conn.execute("SELECT lease_token FROM messages")}
+    assert stored == set(tokens)

@@ -97,7 +97,7 @@ def enqueue_leased(
 ) -> Lease:
     """Store and lease in one transaction; the lease is built from what was just written
     (no read back)."""
-    token = secrets.token_hex(8)
+    token = ids.lease_token()
     expires = now + lease_seconds
     message_id = enqueue(conn, message, recipients, data, now, ids, (token, expires))
     statuses = tuple(

@@ -137,13 +137,22 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 class IdGenerator:
     """20 hex characters: 12 of milliseconds since the epoch, then 8 that start random
     and count up within one millisecond, so ids sort by arrival (pagination) even with
-    a frozen test clock, and two processes on one file practically never collide."""
+    a frozen test clock, and two processes on one file practically never collide.
+    Also the lease tokens of messages leased as they are stored (`lease_token`)."""
 
-    __slots__ = ("_last_ms", "_last_tail")
+    __slots__ = ("_last_ms", "_last_tail", "_token_prefix", "_tokens")
 
     def __init__(self) -> None:
         self._last_ms = -1
         self._last_tail = 0
+        # A token only has to differ from every other holder's: one random draw per
+        # generator, then a count (a draw per message was a syscall per message).
+        self._token_prefix = secrets.token_hex(8)
+        self._tokens = 0
+
+    def lease_token(self) -> str:
+        self._tokens += 1
+        return f"{self._token_prefix}{self._tokens:x}"
 
     @staticmethod
     def bound(when: float) -> str:
