@@ -216,13 +216,15 @@ class Balancer:
         """The worker to pass a new connection to, if this one holds `holding` with it
         and another holds `GAP` fewer (counting what is on its way there), and the
         connections here last: see GAP."""
+        if self.short_lived(now):
+            return None
         board, best, least = self.board, None, holding - GAP + 1
         for other in self._others:
             on_way = self._sent[other] - board.received(other, self.index)
             load = board.held(other) + max(on_way, 0)
             if load < least:
                 best, least = other, load
-        return None if best is None or self.short_lived(now) else best
+        return best
 
     def pass_on(self, sock: socket.socket, holding: int, now: float) -> bool:
         """Send `sock` (just accepted, not yet greeted) to a less busy worker if there is

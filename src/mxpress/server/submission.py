@@ -414,27 +414,28 @@ class SubmissionServer:
     def opened(self, conn: SubmissionConnection) -> None:
         balance = self._balance
         if balance is not None:
+            now = time.monotonic()
             self._unopened = max(self._unopened - 1, 0)
             if conn in self._arrivals:
                 self._arrivals.discard(conn)
-            elif not self._stopping and self._passed_on(balance, conn):
+            elif not self._stopping and self._passed_on(balance, conn, now):
                 self._publish_held()
                 return
+            conn.opened_at = now
         self._connection_count += 1
         self._connections.add(conn)
         if balance is not None:
-            conn.opened_at = time.monotonic()
             self._publish_held()
         if self._stopping:  # accepted just before the socket closed
             conn.close_if_idle()
 
-    def _passed_on(self, balance: Balancer, conn: SubmissionConnection) -> bool:
+    def _passed_on(self, balance: Balancer, conn: SubmissionConnection, now: float) -> bool:
         """Before the greeting: hand the connection to a less busy worker if there is
         one (then this copy of the socket is closed; the other worker's stays open)."""
         transport = conn.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         holding = len(self._connections) + self._unopened + 1
-        if sock is None or not balance.pass_on(sock, holding, time.monotonic()):
+        if sock is None or not balance.pass_on(sock, holding, now):
             return False
         conn.abort()
         return True
