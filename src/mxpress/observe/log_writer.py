@@ -12,6 +12,8 @@ import queue
 import threading
 from pathlib import Path
 
+from mxpress.batch_thread import as_batch_thread
+
 
 class LineWriter(threading.Thread):
     """Writes queued lines in batches: one write and one flush for everything pending
@@ -31,6 +33,7 @@ class LineWriter(threading.Thread):
         self.taken = 0  # lines taken off the queue (written by this thread only)
 
     def run(self) -> None:
+        as_batch_thread()  # woken by the loop, it must not take the loop's core (see there)
         batches = self._batches
         while True:
             batch = batches.get()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from mxpress.batch_thread import as_batch_thread
 from mxpress.errors import QueueError
 
 T = TypeVar("T")
@@ -145,6 +146,7 @@ class GroupCommitWriter:
     # --- the thread ------------------------------------------------------------------
 
     def _run(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        as_batch_thread()  # woken by the loop, it must not take the loop's core (see there)
         try:
             conn = self._connect()
             try:
