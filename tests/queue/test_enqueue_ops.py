@@ -73,3 +73,16 @@ def test_lease_tokens_differ_within_and_across_generators(conn: sqlite3.Connecti
     assert len(set(tokens)) == 4
     stored = {row[0] for row in conn.execute("SELECT lease_token FROM messages")}
     assert stored == set(tokens)
+
+
+def test_ids_sort_by_arrival_and_two_generators_start_apart() -> None:
+    # One generator: ids grow within a millisecond (a frozen clock) and across them.
+    ids = IdGenerator()
+    made = [ids.new(T0) for _ in range(5)] + [ids.new(T0 + 0.001), ids.new(T0 + 1)]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert all(len(i) == 20 and int(i, 16) >= 0 for i in made)
+    assert made[0][:12] == made[4][:12] == f"{int(T0 * 1000):012x}"
+    # Two generators (two processes on one file) in the same millisecond: each count
+    # starts at its own random point, so their ids differ (equal odds: 2**-31 a pair).
+    starts = {IdGenerator().new(T0)[12:] for _ in range(20)}
+    assert len(starts) == 20

@@ -60,28 +60,32 @@ _MAX_FIELD = 1000
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)")
 _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+_FOLD = re.compile(rb"\r?\n[ \t]+")  # a folded header line's break
 
 
 def message_id_of(data: bytes) -> str | None:
     """The Message-ID header's value, read from the header section only: the search
     stops at the first empty line (or 64 KiB), so body text can never be taken."""
-    head = data[:_MAX_HEADER]
-    end = head.find(b"\r\n\r\n")
+    end = data.find(b"\r\n\r\n", 0, _MAX_HEADER)  # bounds, not a slice: no copy
     if end < 0:
-        end = head.find(b"\n\n")
+        end = data.find(b"\n\n", 0, _MAX_HEADER)
     if end >= 0:
-        head = head[: end + 1]
+        head = data[: end + 1]
     elif len(data) > _MAX_HEADER:
         return None  # no end of header section in sight: don't guess
+    else:
+        head = data
     match = _MESSAGE_ID.search(head)
     if match is None:
         return None
-    value = re.sub(rb"\r?\n[ \t]+", b" ", match.group(1)).strip()
+    value = _FOLD.sub(b" ", match.group(1)).strip()
     return _clean(value.decode("utf-8", "replace")) or None
 
 
 def _clean(text: str) -> str:
-    return _CONTROLS.sub(" ", text)[:_MAX_FIELD]
+    if not text.isprintable():  # every control character is unprintable
+        text = _CONTROLS.sub(" ", text)
+    return text[:_MAX_FIELD]
 
 
 class _Timestamps:
@@ -138,8 +142,6 @@ class DeliveryLog:
         self.records = 0  # lines queued for writing
         self.dropped = 0  # lines dropped: the writer thread fell behind
         self._timestamps = _Timestamps()
-        # One encoder: json.dumps() with options builds a new one per call.
-        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -225,7 +227,7 @@ class DeliveryLog:
         ts = self._timestamps.iso(self._clock())
         message_id = message_id_of(message.data) if message.data is not None else None
         tried = {r.recipient: r.attempts for r in message.recipients}
-        timings = self._encode({phase: round(s * 1000, 3) for phase, s in result.timings.items()})
+        timings = _timings(result.timings)
         head = (
             f'{{"ts":"{ts}","queue_id":{_string(message.id)},'
             f'"message_id":{_nullable(message_id)},"sender":{_string(message.sender)},'
@@ -254,6 +256,20 @@ class DeliveryLog:
 
 # A JSON string literal, non-ASCII kept as is (the encoder's ensure_ascii=False).
 _string: Callable[[str], str] = encode_basestring
+
+
+def _timings(timings: dict[str, float]) -> str:
+    """The phases' timings as a JSON object of milliseconds, written by hand: the
+    encoder's Python-level wrappers cost more than the numbers. A non-finite one (never
+    measured so) is null rather than the encoder's non-JSON NaN."""
+    return (
+        "{"
+        + ",".join(
+            f"{_string(phase)}:{round(s * 1000, 3) if math.isfinite(s) else 'null'}"
+            for phase, s in timings.items()
+        )
+        + "}"
+    )
 
 
 def _nullable(text: str | None) -> str:

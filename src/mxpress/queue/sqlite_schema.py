@@ -9,6 +9,7 @@ due range by itself and comes back, unasked, when a crashed worker's lease runs 
 
 from __future__ import annotations
 
+import random
 import secrets
 import sqlite3
 from pathlib import Path
@@ -140,11 +141,15 @@ class IdGenerator:
     a frozen test clock, and two processes on one file practically never collide.
     Also the lease tokens of messages leased as they are stored (`lease_token`)."""
 
-    __slots__ = ("_last_ms", "_last_tail", "_token_prefix", "_tokens")
+    __slots__ = ("_last_ms", "_last_tail", "_random", "_token_prefix", "_tokens")
 
     def __init__(self) -> None:
         self._last_ms = -1
         self._last_tail = 0
+        # The random start of each millisecond's count only keeps two processes on one
+        # file apart, which a generator seeded from the OS once does as well as a draw
+        # from it per millisecond (that was a getrandom system call per message or so).
+        self._random = random.Random(secrets.token_bytes(16))
         # A token only has to differ from every other holder's: one random draw per
         # generator, then a count (a draw per message was a syscall per message).
         self._token_prefix = secrets.token_hex(8)
@@ -165,8 +170,8 @@ class IdGenerator:
             ms = self._last_ms  # the clock went back, or the same millisecond
             tail = self._last_tail + 1
             if tail >= 1 << 32:
-                ms, tail = ms + 1, secrets.randbits(31)
+                ms, tail = ms + 1, self._random.getrandbits(31)
         else:
-            tail = secrets.randbits(31)  # half the range: room to count up
+            tail = self._random.getrandbits(31)  # half the range: room to count up
         self._last_ms, self._last_tail = ms, tail
         return f"{ms:012x}{tail:08x}"
