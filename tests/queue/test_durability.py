@@ -222,6 +222,37 @@ async def test_the_window_waits_only_for_company(db_path: Path) -> None:
         assert (await store.counts()).messages["active"] == 11
 
 
+async def test_completed_company_hands_the_writer_a_turn(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer runs as a batch thread: once the company it waits for is complete, the
+    # loop gives it the core (sched_yield) rather than making the commit wait for the
+    # loop to sleep. Once per completed window, and never for a lone writer.
+    yields: list[float] = []
+    real_yield = os.sched_yield
+
+    def counting_yield() -> None:
+        yields.append(time.monotonic())
+        real_yield()
+
+    monkeypatch.setattr(os, "sched_yield", counting_yield)
+    async with SQLiteQueue(db_path, group_commit_window=1.0) as store:
+        for _ in range(3):
+            await store.enqueue(msg())
+        assert yields == []  # a lone writer never waits for company: nothing to hand over
+        await asyncio.gather(*(store.enqueue(msg()) for _ in range(3)))  # a batch of 3
+        first = asyncio.ensure_future(store.enqueue(msg()))
+        deadline = time.monotonic() + 5
+        while store._writer._want == 0:  # the writer waits in its window for 2 more
+            assert time.monotonic() < deadline, "the writer never waited for company"
+            await asyncio.sleep(0.001)
+        start = time.monotonic()
+        await asyncio.gather(first, store.enqueue(msg()), store.enqueue(msg()))
+        assert time.monotonic() - start < 0.5  # committed on company, not the 1 s window
+        assert len(yields) == 1
+        assert (await store.counts()).messages["active"] == 9
+
+
 async def test_due_paging_stays_flat_at_depth(db_path: Path, clock: FakeClock) -> None:
     body = b"x" * 500
     async with SQLiteQueue(db_path, clock=clock) as store:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -91,6 +92,7 @@ class GroupCommitWriter:
         # The window's wait: more requests wanted (0: not waiting), and "they are here".
         self._want = 0
         self._enough = threading.Event()
+        self._yield_soon = False  # a turn for the writer is asked of the loop
 
     @property
     def stats(self) -> QueueStats:
@@ -141,7 +143,20 @@ class GroupCommitWriter:
             self._requests.put(_Request(op, loop, future, skip_if_cancelled))
         if self._want and self._requests.qsize() >= self._want:
             self._enough.set()  # the writer waits in its window for this many
+            if not self._yield_soon:
+                # Its company is complete: let it commit now. A batch thread (see
+                # batch_thread.py) woken by the set would wait for this loop to sleep or
+                # use up its time slice, and the sessions waiting for this commit with it.
+                self._yield_soon = True
+                loop.call_soon(self._yield_to_writer)
         return await future
+
+    def _yield_to_writer(self) -> None:
+        """After the loop's current callbacks: give the core away (the GIL with it) for
+        the writer to take. One turn per completed window at most."""
+        self._yield_soon = False
+        if hasattr(os, "sched_yield"):  # POSIX
+            os.sched_yield()
 
     # --- the thread ------------------------------------------------------------------
 
