@@ -371,3 +371,22 @@ def test_timestamps_cached_per_second_match_the_full_format() -> None:
     for n in range(20_000):  # float edges around each millisecond
         epoch = 1_700_000_000 + n * 0.000731
         assert stamps.iso(epoch) == utc_millis(epoch), epoch
+
+
+def test_timings_are_milliseconds_and_always_json() -> None:
+    log = DeliveryLog("/nonexistent/never-opened", clock=lambda: 1_700_000_000.0)
+    message, result, outcomes = fake_attempt(7)
+    result.timings.update({"connect": 0.0015, 'odd "phase"': 0.25, "never": float("nan")})
+
+    def strict(constant: str) -> object:
+        raise AssertionError(f"not JSON: {constant}")
+
+    for line in log.lines_for(message, result, outcomes):
+        timings = json.loads(line, parse_constant=strict)["timings"]
+        assert timings == {
+            "dns": 1.234,  # round(1.2345, 3) as float rounding has it
+            "total": 20.0,
+            "connect": 1.5,
+            'odd "phase"': 250.0,
+            "never": None,
+        }
