@@ -150,9 +150,9 @@ class IdGenerator:
         # file apart, which a generator seeded from the OS once does as well as a draw
         # from it per millisecond (that was a getrandom system call per message or so).
         self._random = random.Random(secrets.token_bytes(16))
-        # A token only has to differ from every other holder's: one random draw per
+        # A token only has to differ from every other holder's: a random prefix per
         # generator, then a count (a draw per message was a syscall per message).
-        self._token_prefix = secrets.token_hex(8)
+        self._token_prefix = f"{self._random.getrandbits(64):016x}"
         self._tokens = 0
 
     def lease_token(self) -> str:
