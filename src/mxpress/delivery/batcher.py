@@ -1,9 +1,14 @@
 """Pipelining across messages from independent senders.
 
 Concurrent sends to the same destination queue here. A drainer task holds one pooled
-session and sends everything queued as one pipelined stream (`Session.send_many`), so a
+session and sends everything queued as one pipelined stream (`Session.stream`), so a
 stream of messages costs about one round trip each instead of two, whoever sent them.
 Up to the pool's per-destination limit of drainers run at once.
+
+A drainer whose queue ran empty keeps its session for `linger` seconds, waiting for more:
+senders that come one after another (the relay hands over each group commit's messages)
+then find a drainer with a session in hand, instead of each paying for a task, a pool
+acquire and a release of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from mxpress.pool.key import DestinationKey
 from mxpress.protocol.client import Outgoing, TransactionResult
 
 Clock = Callable[[], float]
+
+# Long enough to bridge the gap between a relay's group commits (a few ms under load),
+# short enough that an idle destination's sessions go back to the pool at once.
+DEFAULT_LINGER = 0.02
 
 
 @dataclass(slots=True)
@@ -76,15 +85,20 @@ class _Item:
 @dataclass(slots=True)
 class _Queue:
     pending: deque[_Item] = field(default_factory=deque)
-    drainers: int = 0
+    drainers: int = 0  # lingering ones included
+    # Lingering drainers' wake-ups (True: there is work; False: give the session back).
+    lingering: list[asyncio.Future[bool]] = field(default_factory=list)
 
 
 class Batcher:
     """Per-destination queues drained over pooled sessions."""
 
-    def __init__(self, pool: Pool, *, clock: Clock = time.perf_counter) -> None:
+    def __init__(
+        self, pool: Pool, *, clock: Clock = time.perf_counter, linger: float = DEFAULT_LINGER
+    ) -> None:
         self._pool = pool
         self._clock = clock
+        self._linger = linger
         self._queues: dict[DestinationKey, _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -101,9 +115,17 @@ class Batcher:
         now = self._clock()
         queue.pending.extend(_Item(m, group, i, now) for i, m in enumerate(messages))
         # A drainer sends one message per round trip: a message that finds every drainer
-        # busy would wait a round trip for one, so each new message may bring a drainer
-        # (up to the pool's per-destination limit; the pool reuses idle sessions first).
-        limit = min(self._pool.max_per_destination, queue.drainers + len(messages))
+        # busy would wait a round trip for one, so each new message wakes a lingering
+        # drainer (the latest: the others may run out) or brings a new one (up to the
+        # pool's per-destination limit; the pool reuses idle sessions first).
+        wanted = len(messages)
+        lingering = queue.lingering
+        while wanted and lingering:
+            wake = lingering.pop()
+            if not wake.done():  # else its timer fired (or it was cancelled) just now
+                wake.set_result(True)
+                wanted -= 1
+        limit = min(self._pool.max_per_destination, queue.drainers + wanted)
         while queue.drainers < limit:
             queue.drainers += 1
             task = loop.create_task(self._drain(key, queue, options))
@@ -142,7 +164,8 @@ class Batcher:
                     first.update(session.timings)
                 host, ip = session.host, session.peer_ip
                 tls_resumed = session.tls_info.resumed if session.tls_info else None
-                taken = 0
+                taken = 0  # messages the current stream took: its indexes count from 0
+                fresh = True  # the next result is this lease's first
 
                 def source() -> list[Outgoing]:
                     # One at a time: the pipeline takes one message per flight, and what
@@ -156,21 +179,27 @@ class Batcher:
                     return [item.message]
 
                 def on_result(index: int, result: TransactionResult) -> None:
+                    nonlocal fresh
                     item, taken_at = inflight.pop(index)
+                    opening, fresh = fresh, False
                     delivery = Delivery(
                         result,
                         host=host,
                         ip=ip,
                         in_session=True,
                         queued=max(0.0, taken_at - item.queued_at),
-                        setup=first if index == 0 else None,
-                        new_session=new and index == 0,
-                        tls_resumed=tls_resumed if new and index == 0 else None,
+                        setup=first if opening else None,
+                        new_session=new and opening,
+                        tls_resumed=tls_resumed if new and opening else None,
                     )
                     _resolve(item, delivery)
 
-                while _live(queue.pending):
-                    await session.stream(source, on_result)
+                while True:
+                    while _live(queue.pending):
+                        taken = 0
+                        await session.stream(source, on_result)
+                    if not await self._more(queue, session):
+                        break
         except BaseException as exc:
             if session is None:  # no session: let the next server have a go
                 if isinstance(exc, MxpressError):
@@ -196,6 +225,30 @@ class Batcher:
                 raise
         return True
 
+    async def _more(self, queue: _Queue, session: Session) -> bool:
+        """Linger with the session for more work. False: none came (or the session is no
+        longer fit to keep), give it back."""
+        if self._linger <= 0 or not self._pool.keeps(session):
+            return False
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[bool] = loop.create_future()
+        queue.lingering.append(wake)
+        timer = loop.call_later(self._linger, _expire, wake)
+        try:
+            more = await wake
+        except asyncio.CancelledError:
+            # The batcher closes: nothing is in flight on a lingering session, so it goes
+            # back to the pool intact (the pool QUITs it when it closes), not retired.
+            self._pool.release(session)
+            raise
+        finally:
+            timer.cancel()
+            if wake in queue.lingering:  # not popped by a submit: the timer, or cancelled
+                queue.lingering.remove(wake)
+        # The wait may have outlived the session (the server hung up, a 421): the work
+        # goes to a drainer with a session that is fit (this one, after a new acquire).
+        return more and self._pool.keeps(session)
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -214,6 +267,11 @@ def _live(pending: deque[_Item]) -> bool:
     while pending and pending[0].abandoned:
         pending.popleft()
     return bool(pending)
+
+
+def _expire(wake: asyncio.Future[bool]) -> None:
+    if not wake.done():
+        wake.set_result(False)
 
 
 def _resolve(item: _Item, delivery: Delivery) -> None:

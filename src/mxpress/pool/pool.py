@@ -149,6 +149,15 @@ class Pool:
             self._close(entry, reason)
         self._dispatch()
 
+    def keeps(self, session: Session) -> bool:
+        """True if `session`, checked out from this pool, is fit to go on using: released
+        now, it would be pooled (open, healthy, neither too old nor used up), and nobody
+        waits for the pool (who might need its room)."""
+        entry = self._book.leased.get(session)
+        if entry is None or self._book.waiters:
+            return False
+        return self._release_unfit(entry, self._clock()) is None
+
     def holds(self, session: Session) -> bool:
         """True while `session` is checked out from this pool."""
         return session in self._book.leased
